@@ -1,0 +1,210 @@
+// The decode skeleton: one query token per sequence. A work item is (sequence, KV head group,
+// split of the keys); it computes every query head of the group at once, so each K and V byte is
+// read from memory once, and the splits are merged by log-sum-exp.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "kernels/attention.h"
+#include "kernels/checks.h"
+#include "kernels/tile_ops.h"
+#include "kernels/variant_mask.h"
+
+namespace qattn {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int kChunk = 64;  // keys per tile: 16 KiB of bf16 K and V at d = 128, resident in L1
+
+struct Geometry {
+  HeadMap map;
+  int group;  // query heads per work item
+  int d, dv;
+  bool bf16;
+  float scale;
+};
+
+struct Item {
+  int seq, unit, split;
+  int64_t k0, k1;  // keys [k0, k1) of the sequence
+};
+
+// Per-thread buffers for one work item.
+struct Scratch {
+  std::vector<float> q32;          // [group, d]
+  std::vector<uint16_t> q16;       // [group, d]
+  std::vector<float> kv32;         // [kChunk, max(d, dv)] f16/bf16 rows widened for the f32 path
+  std::vector<float> s;            // [group, kChunk]
+  std::vector<float> o;            // [group, dv]
+  std::vector<float> m, l, alpha, slope;  // [group]
+  std::vector<int64_t> pos;        // [group]
+  std::vector<KeyInterval> bounds; // [group]
+};
+
+Scratch& ThreadScratch() {
+  static thread_local Scratch scratch;
+  return scratch;
+}
+
+void LoadQueries(const DecodeArgs& a, const Geometry& g, const Item& it, Scratch& sc) {
+  const int h0 = it.unit * g.group;
+  if (g.bf16) {
+    sc.q16.resize(size_t(g.group) * g.d);
+    for (int h = 0; h < g.group; ++h) std::memcpy(&sc.q16[size_t(h) * g.d], a.q.at(it.seq, h0 + h), size_t(g.d) * 2);
+  } else {
+    sc.q32.resize(size_t(g.group) * g.d);
+    for (int h = 0; h < g.group; ++h) ConvertToF32(a.q.at(it.seq, h0 + h), a.q.dtype, &sc.q32[size_t(h) * g.d], g.d);
+  }
+}
+
+// Rows [first, first + n) of a K or V head as f32: in place when already f32, else widened into buf.
+const float* RowsF32(const TensorView& t, int64_t first, int head, int n, int width, std::vector<float>& buf,
+                     int64_t* stride) {
+  if (t.dtype == DType::kF32) {
+    *stride = t.stride[0];
+    return t.at<const float>(first, head);
+  }
+  buf.resize(size_t(n) * width);
+  for (int c = 0; c < n; ++c) ConvertToF32(t.at(first + c, head), t.dtype, &buf[size_t(c) * width], width);
+  *stride = width;
+  return buf.data();
+}
+
+void Chunk(const DecodeArgs& a, const Geometry& g, const Item& it, int64_t kv_start, int64_t n_kv, int64_t c0, Scratch& sc) {
+  const int n = int(std::min<int64_t>(kChunk, it.k1 - c0));
+  const int kh = g.map.k_head(it.unit * g.group), vh = g.map.v_head(it.unit * g.group);
+  if (g.bf16) {
+    tile::DotRowsBf16(sc.q16.data(), g.group, g.d, a.k.at<const uint16_t>(kv_start + c0, kh), a.k.stride[0], n,
+                      sc.s.data(), kChunk);
+  } else {
+    int64_t stride;
+    const float* k = RowsF32(a.k, kv_start + c0, kh, n, g.d, sc.kv32, &stride);
+    tile::DotRowsF32(sc.q32.data(), g.group, g.d, k, stride, n, sc.s.data(), kChunk);
+  }
+  const VariantMask mask(a.variant, 1, n_kv);
+  const bool needs_mask = !mask.BlockFullyVisible(0, 1, c0, c0 + n);
+  tile::SoftmaxStep step;
+  step.s = sc.s.data();
+  step.rows = g.group;
+  step.cols = n;
+  step.s_stride = kChunk;
+  step.key_start = c0;
+  step.scale = g.scale;
+  step.softcap = a.variant.softcap;
+  step.alibi = a.variant.alibi_slopes ? sc.slope.data() : nullptr;
+  step.pos = sc.pos.data();
+  step.bounds = needs_mask ? sc.bounds.data() : nullptr;
+  step.m = sc.m.data();
+  step.l = sc.l.data();
+  step.alpha = sc.alpha.data();
+  tile::SoftmaxUpdate(step);
+  if (g.bf16) {
+    tile::AccumulateRowsBf16(sc.s.data(), g.group, kChunk, n, a.v.at<const uint16_t>(kv_start + c0, vh), a.v.stride[0],
+                             g.dv, sc.o.data(), sc.alpha.data());
+  } else {
+    int64_t stride;
+    const float* v = RowsF32(a.v, kv_start + c0, vh, n, g.dv, sc.kv32, &stride);
+    tile::AccumulateRowsF32(sc.s.data(), g.group, kChunk, n, v, stride, g.dv, sc.o.data(), sc.alpha.data());
+  }
+}
+
+void InitRows(const DecodeArgs& a, const Geometry& g, const Item& it, int64_t n_kv, Scratch& sc) {
+  const int h0 = it.unit * g.group;
+  const AttentionVariant& var = a.variant;
+  sc.m.resize(g.group);
+  sc.l.resize(g.group);
+  sc.slope.resize(g.group);
+  for (int h = 0; h < g.group; ++h) {
+    // The sink logit joins the softmax once per sequence: in split 0.
+    const bool sink = var.sink_logits && it.split == 0;
+    sc.m[h] = sink ? var.sink_logits[h0 + h] : kNegInf;
+    sc.l[h] = sink ? 1.0f : 0.0f;
+    sc.slope[h] = var.alibi_slopes ? var.alibi_slopes[h0 + h] : 0.0f;
+  }
+  sc.alpha.assign(g.group, 1.0f);
+  sc.pos.assign(g.group, n_kv - 1);
+  sc.bounds.assign(g.group, VariantMask(var, 1, n_kv).Row(0));
+  sc.o.assign(size_t(g.group) * g.dv, 0.0f);
+  sc.s.resize(size_t(g.group) * kChunk);
+}
+
+// Runs one item and writes its normalised output [group, dv] and lse [group].
+void RunItem(const DecodeArgs& a, const Geometry& g, const Item& it, int64_t kv_start, int64_t n_kv, float* out,
+             int64_t out_row_stride, float* lse, int64_t lse_stride) {
+  Scratch& sc = ThreadScratch();
+  LoadQueries(a, g, it, sc);
+  InitRows(a, g, it, n_kv, sc);
+  const KeyInterval rows = sc.bounds[0];
+  for (int64_t c0 = it.k0; c0 < it.k1; c0 += kChunk) {
+    // Skip chunks the variant hides entirely (sliding windows read only their window).
+    const bool in_window = c0 + kChunk > rows.lo && c0 <= rows.hi;
+    if (!in_window && c0 > rows.sink_hi) continue;
+    Chunk(a, g, it, kv_start, n_kv, c0, sc);
+  }
+  for (int h = 0; h < g.group; ++h) {
+    const float l = sc.l[h], inv = l > 0 ? 1.0f / l : 0.0f;
+    float* o = out + h * out_row_stride;
+    for (int j = 0; j < g.dv; ++j) o[j] = sc.o[size_t(h) * g.dv + j] * inv;
+    if (lse) lse[h * lse_stride] = l > 0 ? sc.m[h] + std::log(l) : kNegInf;
+  }
+}
+
+int ChooseSplits(int requested, int64_t n_kv, int64_t other_items, int threads) {
+  if (requested > 0) return int(std::max<int64_t>(1, std::min<int64_t>(requested, (n_kv + kChunk - 1) / kChunk)));
+  // Enough items to keep every thread busy with some slack for balance, but chunks of >= 512 keys.
+  const int64_t want = (4 * threads + other_items - 1) / std::max<int64_t>(1, other_items);
+  return int(std::max<int64_t>(1, std::min<int64_t>(want, n_kv / 512)));
+}
+
+}  // namespace
+
+void AttendDecode(const DecodeArgs& a, ThreadPool* pool_arg) {
+  const HeadMap map = detail::CheckQkvOut(a.q, a.k, a.v, a.out);
+  detail::CheckVariant(a.variant);
+  const int batch = int(a.q.shape[0]);
+  const auto cu = detail::CheckOffsets(a.cu_seqlens_kv.empty() && batch != 1 ? std::vector<int64_t>{} : a.cu_seqlens_kv,
+                                       a.k.shape[0], "cu_seqlens_kv");
+  if (int(cu.size()) - 1 != batch)
+    throw InvalidArgument("decode has " + std::to_string(batch) + " query tokens but cu_seqlens_kv describes " +
+                          std::to_string(cu.size() - 1) + " sequences");
+  ThreadPool& pool = pool_arg ? *pool_arg : ThreadPool::Default();
+  Geometry g{map, map.shared_group(), int(a.q.shape[2]), int(a.v.shape[2]),
+             a.q.dtype == DType::kBF16 && tile::HasBf16Path(), a.variant.EffectiveScale(int(a.q.shape[2]))};
+  const int units = map.num_q_heads / g.group;
+
+  std::vector<Item> items;
+  for (int s = 0; s < batch; ++s) {
+    const int64_t n_kv = cu[s + 1] - cu[s];
+    const int splits = ChooseSplits(a.num_splits, n_kv, int64_t(batch) * units, pool.num_threads());
+    const int64_t per = (n_kv + splits - 1) / splits;
+    const int64_t chunk = (per + kChunk - 1) / kChunk * kChunk;
+    for (int u = 0; u < units; ++u)
+      for (int sp = 0; sp < splits; ++sp) items.push_back({s, u, sp, std::min(n_kv, sp * chunk), std::min(n_kv, (sp + 1) * chunk)});
+  }
+  // Partial states [items, group, dv] and [items, group], merged per (sequence, unit) below.
+  std::vector<float> part_o(items.size() * g.group * g.dv), part_lse(items.size() * g.group);
+  pool.ParallelFor(int64_t(items.size()), [&](int64_t i, int) {
+    const Item& it = items[i];
+    RunItem(a, g, it, cu[it.seq], cu[it.seq + 1] - cu[it.seq], &part_o[i * g.group * g.dv], g.dv,
+            &part_lse[i * g.group], 1);
+  });
+  // Items of one (sequence, unit) are adjacent; merge their splits into the output rows.
+  std::vector<float> states_o, states_lse, merged_o(size_t(g.group) * g.dv), merged_lse(g.group);
+  for (size_t i = 0; i < items.size();) {
+    size_t j = i;
+    while (j < items.size() && items[j].seq == items[i].seq && items[j].unit == items[i].unit) ++j;
+    const int n_states = int(j - i);
+    // MergeStates wants [state, row, ...]; our parts are already [item, head, ...].
+    MergeStates(&part_o[i * g.group * g.dv], &part_lse[i * g.group], n_states, g.group, g.dv, merged_o.data(),
+                merged_lse.data());
+    for (int h = 0; h < g.group; ++h) {
+      const int qh = items[i].unit * g.group + h;
+      std::memcpy(a.out.at<float>(items[i].seq, qh), &merged_o[size_t(h) * g.dv], size_t(g.dv) * 4);
+      if (a.lse) a.lse[int64_t(items[i].seq) * map.num_q_heads + qh] = merged_lse[h];
+    }
+    i = j;
+  }
+}
+
+}  // namespace qattn
