@@ -25,9 +25,12 @@ struct Geometry {
   float scale;
 };
 
+// Units are groups of `group` query heads sharing one K head and one V head. An item walks
+// keys [k0, k1) of one sequence for units [u0, u1): one unit when each head's keys are contiguous,
+// all units when a token's heads are interleaved ([n_kv, H, d]), so memory is read front to back.
 struct Item {
-  int seq, unit, split;
-  int64_t k0, k1;  // keys [k0, k1) of the sequence
+  int seq, u0, u1, split;
+  int64_t k0, k1;
 };
 
 // Per-thread buffers for one work item.
@@ -47,14 +50,16 @@ Scratch& ThreadScratch() {
   return scratch;
 }
 
+int Rows(const Geometry& g, const Item& it) { return (it.u1 - it.u0) * g.group; }
+
 void LoadQueries(const DecodeArgs& a, const Geometry& g, const Item& it, Scratch& sc) {
-  const int h0 = it.unit * g.group;
+  const int h0 = it.u0 * g.group, rows = Rows(g, it);
   if (g.bf16) {
-    sc.q16.resize(size_t(g.group) * g.d);
-    for (int h = 0; h < g.group; ++h) std::memcpy(&sc.q16[size_t(h) * g.d], a.q.at(it.seq, h0 + h), size_t(g.d) * 2);
+    sc.q16.resize(size_t(rows) * g.d);
+    for (int h = 0; h < rows; ++h) std::memcpy(&sc.q16[size_t(h) * g.d], a.q.at(it.seq, h0 + h), size_t(g.d) * 2);
   } else {
-    sc.q32.resize(size_t(g.group) * g.d);
-    for (int h = 0; h < g.group; ++h) ConvertToF32(a.q.at(it.seq, h0 + h), a.q.dtype, &sc.q32[size_t(h) * g.d], g.d);
+    sc.q32.resize(size_t(rows) * g.d);
+    for (int h = 0; h < rows; ++h) ConvertToF32(a.q.at(it.seq, h0 + h), a.q.dtype, &sc.q32[size_t(h) * g.d], g.d);
   }
 }
 
@@ -71,65 +76,70 @@ const float* RowsF32(const TensorView& t, int64_t first, int head, int n, int wi
   return buf.data();
 }
 
-void Chunk(const DecodeArgs& a, const Geometry& g, const Item& it, int64_t kv_start, int64_t n_kv, int64_t c0, Scratch& sc) {
+// One chunk of keys for one unit: rows [r0, r0 + group) of the item's state.
+void Chunk(const DecodeArgs& a, const Geometry& g, const Item& it, int unit, int64_t kv_start, int64_t n_kv,
+           int64_t c0, Scratch& sc) {
   const int n = int(std::min<int64_t>(kChunk, it.k1 - c0));
-  const int kh = g.map.k_head(it.unit * g.group), vh = g.map.v_head(it.unit * g.group);
+  const int r0 = (unit - it.u0) * g.group;
+  const int kh = g.map.k_head(unit * g.group), vh = g.map.v_head(unit * g.group);
+  float* s = &sc.s[size_t(r0) * kChunk];  // [group, kChunk]
   if (g.bf16) {
-    tile::DotRowsBf16(sc.q16.data(), g.group, g.d, a.k.at<const uint16_t>(kv_start + c0, kh), a.k.stride[0], n,
-                      sc.s.data(), kChunk);
+    tile::DotRowsBf16(&sc.q16[size_t(r0) * g.d], g.group, g.d, a.k.at<const uint16_t>(kv_start + c0, kh),
+                      a.k.stride[0], n, s, kChunk);
   } else {
     int64_t stride;
     const float* k = RowsF32(a.k, kv_start + c0, kh, n, g.d, sc.kv32, &stride);
-    tile::DotRowsF32(sc.q32.data(), g.group, g.d, k, stride, n, sc.s.data(), kChunk);
+    tile::DotRowsF32(&sc.q32[size_t(r0) * g.d], g.group, g.d, k, stride, n, s, kChunk);
   }
   const VariantMask mask(a.variant, 1, n_kv);
   const bool needs_mask = !mask.BlockFullyVisible(0, 1, c0, c0 + n);
   tile::SoftmaxStep step;
-  step.s = sc.s.data();
+  step.s = s;
   step.rows = g.group;
   step.cols = n;
   step.s_stride = kChunk;
   step.key_start = c0;
   step.scale = g.scale;
   step.softcap = a.variant.softcap;
-  step.alibi = a.variant.alibi_slopes ? sc.slope.data() : nullptr;
-  step.pos = sc.pos.data();
-  step.bounds = needs_mask ? sc.bounds.data() : nullptr;
-  step.m = sc.m.data();
-  step.l = sc.l.data();
-  step.alpha = sc.alpha.data();
+  step.alibi = a.variant.alibi_slopes ? &sc.slope[r0] : nullptr;
+  step.pos = &sc.pos[r0];
+  step.bounds = needs_mask ? &sc.bounds[r0] : nullptr;
+  step.m = &sc.m[r0];
+  step.l = &sc.l[r0];
+  step.alpha = &sc.alpha[r0];
   tile::SoftmaxUpdate(step);
+  float* o = &sc.o[size_t(r0) * g.dv];  // [group, dv]
   if (g.bf16) {
-    tile::AccumulateRowsBf16(sc.s.data(), g.group, kChunk, n, a.v.at<const uint16_t>(kv_start + c0, vh), a.v.stride[0],
-                             g.dv, sc.o.data(), sc.alpha.data());
+    tile::AccumulateRowsBf16(s, g.group, kChunk, n, a.v.at<const uint16_t>(kv_start + c0, vh), a.v.stride[0], g.dv, o,
+                             &sc.alpha[r0]);
   } else {
     int64_t stride;
     const float* v = RowsF32(a.v, kv_start + c0, vh, n, g.dv, sc.kv32, &stride);
-    tile::AccumulateRowsF32(sc.s.data(), g.group, kChunk, n, v, stride, g.dv, sc.o.data(), sc.alpha.data());
+    tile::AccumulateRowsF32(s, g.group, kChunk, n, v, stride, g.dv, o, &sc.alpha[r0]);
   }
 }
 
 void InitRows(const DecodeArgs& a, const Geometry& g, const Item& it, int64_t n_kv, Scratch& sc) {
-  const int h0 = it.unit * g.group;
+  const int h0 = it.u0 * g.group, rows = Rows(g, it);
   const AttentionVariant& var = a.variant;
-  sc.m.resize(g.group);
-  sc.l.resize(g.group);
-  sc.slope.resize(g.group);
-  for (int h = 0; h < g.group; ++h) {
+  sc.m.resize(rows);
+  sc.l.resize(rows);
+  sc.slope.resize(rows);
+  for (int h = 0; h < rows; ++h) {
     // The sink logit joins the softmax once per sequence: in split 0.
     const bool sink = var.sink_logits && it.split == 0;
     sc.m[h] = sink ? var.sink_logits[h0 + h] : kNegInf;
     sc.l[h] = sink ? 1.0f : 0.0f;
     sc.slope[h] = var.alibi_slopes ? var.alibi_slopes[h0 + h] : 0.0f;
   }
-  sc.alpha.assign(g.group, 1.0f);
-  sc.pos.assign(g.group, n_kv - 1);
-  sc.bounds.assign(g.group, VariantMask(var, 1, n_kv).Row(0));
-  sc.o.assign(size_t(g.group) * g.dv, 0.0f);
-  sc.s.resize(size_t(g.group) * kChunk);
+  sc.alpha.assign(rows, 1.0f);
+  sc.pos.assign(rows, n_kv - 1);
+  sc.bounds.assign(rows, VariantMask(var, 1, n_kv).Row(0));
+  sc.o.assign(size_t(rows) * g.dv, 0.0f);
+  sc.s.resize(size_t(rows) * kChunk);
 }
 
-// Runs one item and writes its normalised output [group, dv] and lse [group].
+// Runs one item and writes its normalised output [rows, dv] and lse [rows].
 void RunItem(const DecodeArgs& a, const Geometry& g, const Item& it, int64_t kv_start, int64_t n_kv, float* out,
              int64_t out_row_stride, float* lse, int64_t lse_stride) {
   Scratch& sc = ThreadScratch();
@@ -140,9 +150,9 @@ void RunItem(const DecodeArgs& a, const Geometry& g, const Item& it, int64_t kv_
     // Skip chunks the variant hides entirely (sliding windows read only their window).
     const bool in_window = c0 + kChunk > rows.lo && c0 <= rows.hi;
     if (!in_window && c0 > rows.sink_hi) continue;
-    Chunk(a, g, it, kv_start, n_kv, c0, sc);
+    for (int u = it.u0; u < it.u1; ++u) Chunk(a, g, it, u, kv_start, n_kv, c0, sc);
   }
-  for (int h = 0; h < g.group; ++h) {
+  for (int h = 0; h < Rows(g, it); ++h) {
     const float l = sc.l[h], inv = l > 0 ? 1.0f / l : 0.0f;
     float* o = out + h * out_row_stride;
     for (int j = 0; j < g.dv; ++j) o[j] = sc.o[size_t(h) * g.dv + j] * inv;
@@ -172,34 +182,45 @@ void AttendDecode(const DecodeArgs& a, ThreadPool* pool_arg) {
   Geometry g{map, map.shared_group(), int(a.q.shape[2]), int(a.v.shape[2]),
              a.q.dtype == DType::kBF16 && tile::HasBf16Path(), a.variant.EffectiveScale(int(a.q.shape[2]))};
   const int units = map.num_q_heads / g.group;
+  // Per-head contiguous keys: one unit per item. Interleaved heads: all units per item.
+  const bool head_major = a.k.stride[0] == g.d && a.v.stride[0] == g.dv;
+  const int units_per_item = head_major ? 1 : units;
 
   std::vector<Item> items;
+  std::vector<size_t> row_offset;  // [items + 1] first row of each item's partial state
+  row_offset.push_back(0);
   for (int s = 0; s < batch; ++s) {
     const int64_t n_kv = cu[s + 1] - cu[s];
-    const int splits = ChooseSplits(a.num_splits, n_kv, int64_t(batch) * units, pool.num_threads());
+    const int splits =
+        ChooseSplits(a.num_splits, n_kv, int64_t(batch) * (units / units_per_item), pool.num_threads());
     const int64_t per = (n_kv + splits - 1) / splits;
     const int64_t chunk = (per + kChunk - 1) / kChunk * kChunk;
-    for (int u = 0; u < units; ++u)
-      for (int sp = 0; sp < splits; ++sp) items.push_back({s, u, sp, std::min(n_kv, sp * chunk), std::min(n_kv, (sp + 1) * chunk)});
+    for (int u = 0; u < units; u += units_per_item)
+      for (int sp = 0; sp < splits; ++sp) {
+        items.push_back({s, u, u + units_per_item, sp, std::min(n_kv, sp * chunk), std::min(n_kv, (sp + 1) * chunk)});
+        row_offset.push_back(row_offset.back() + size_t(units_per_item) * g.group);
+      }
   }
-  // Partial states [items, group, dv] and [items, group], merged per (sequence, unit) below.
-  std::vector<float> part_o(items.size() * g.group * g.dv), part_lse(items.size() * g.group);
+  // Partial states: outputs [total rows, dv] and lse [total rows], merged per (sequence, units).
+  std::vector<float> part_o(row_offset.back() * g.dv), part_lse(row_offset.back());
   pool.ParallelFor(int64_t(items.size()), [&](int64_t i, int) {
     const Item& it = items[i];
-    RunItem(a, g, it, cu[it.seq], cu[it.seq + 1] - cu[it.seq], &part_o[i * g.group * g.dv], g.dv,
-            &part_lse[i * g.group], 1);
+    RunItem(a, g, it, cu[it.seq], cu[it.seq + 1] - cu[it.seq], &part_o[row_offset[i] * g.dv], g.dv,
+            &part_lse[row_offset[i]], 1);
   });
-  // Items of one (sequence, unit) are adjacent; merge their splits into the output rows.
-  std::vector<float> states_o, states_lse, merged_o(size_t(g.group) * g.dv), merged_lse(g.group);
+  // The splits of one (sequence, units) are adjacent items with equal row counts: exactly the
+  // [state, row, ...] layout MergeStates reads.
+  std::vector<float> merged_o, merged_lse;
   for (size_t i = 0; i < items.size();) {
     size_t j = i;
-    while (j < items.size() && items[j].seq == items[i].seq && items[j].unit == items[i].unit) ++j;
-    const int n_states = int(j - i);
-    // MergeStates wants [state, row, ...]; our parts are already [item, head, ...].
-    MergeStates(&part_o[i * g.group * g.dv], &part_lse[i * g.group], n_states, g.group, g.dv, merged_o.data(),
+    while (j < items.size() && items[j].seq == items[i].seq && items[j].u0 == items[i].u0) ++j;
+    const int rows = Rows(g, items[i]);
+    merged_o.resize(size_t(rows) * g.dv);
+    merged_lse.resize(rows);
+    MergeStates(&part_o[row_offset[i] * g.dv], &part_lse[row_offset[i]], int(j - i), rows, g.dv, merged_o.data(),
                 merged_lse.data());
-    for (int h = 0; h < g.group; ++h) {
-      const int qh = items[i].unit * g.group + h;
+    for (int h = 0; h < rows; ++h) {
+      const int qh = items[i].u0 * g.group + h;
       std::memcpy(a.out.at<float>(items[i].seq, qh), &merged_o[size_t(h) * g.dv], size_t(g.dv) * 4);
       if (a.lse) a.lse[int64_t(items[i].seq) * map.num_q_heads + qh] = merged_lse[h];
     }

@@ -32,18 +32,25 @@ QATTN_BF16_TARGET inline __m512bh BroadcastPair(const uint16_t* p) {
 template <int R, int NC>
 QATTN_BF16_TARGET void QkMicro(const uint16_t* q, int d, const uint16_t* kp, int cols, float* s, int s_stride) {
   __m512 acc[R][NC];
+  _Pragma("GCC unroll 16")
   for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 16")
     for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
   for (int i = 0; i < d / 2; ++i) {
     const uint16_t* krow = kp + int64_t(i) * cols * 2;
     __m512bh k[NC];
+    _Pragma("GCC unroll 16")
     for (int c = 0; c < NC; ++c) k[c] = (__m512bh)_mm512_loadu_si512(krow + c * 32);
+    _Pragma("GCC unroll 16")
     for (int r = 0; r < R; ++r) {
       const __m512bh qb = BroadcastPair(q + int64_t(r) * d + 2 * i);
+      _Pragma("GCC unroll 16")
       for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], qb, k[c]);
     }
   }
+  _Pragma("GCC unroll 16")
   for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 16")
     for (int c = 0; c < NC; ++c) _mm512_storeu_ps(s + int64_t(r) * s_stride + c * 16, acc[r][c]);
 }
 
@@ -86,20 +93,27 @@ template <int R, int NC>
 QATTN_BF16_TARGET void PvMicro(const uint16_t* pb, int pb_stride, int cols, const uint16_t* vp, int dv, float* o,
                                const float* alpha) {
   __m512 acc[R][NC];
+  _Pragma("GCC unroll 16")
   for (int r = 0; r < R; ++r) {
     const __m512 a = _mm512_set1_ps(alpha[r]);
+    _Pragma("GCC unroll 16")
     for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_mul_ps(a, _mm512_loadu_ps(o + int64_t(r) * dv + c * 16));
   }
   for (int i = 0; i < cols / 2; ++i) {
     const uint16_t* vrow = vp + int64_t(i) * dv * 2;
     __m512bh v[NC];
+    _Pragma("GCC unroll 16")
     for (int c = 0; c < NC; ++c) v[c] = (__m512bh)_mm512_loadu_si512(vrow + c * 32);
+    _Pragma("GCC unroll 16")
     for (int r = 0; r < R; ++r) {
       const __m512bh pr = BroadcastPair(pb + int64_t(r) * pb_stride + 2 * i);
+      _Pragma("GCC unroll 16")
       for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], pr, v[c]);
     }
   }
+  _Pragma("GCC unroll 16")
   for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 16")
     for (int c = 0; c < NC; ++c) _mm512_storeu_ps(o + int64_t(r) * dv + c * 16, acc[r][c]);
 }
 
@@ -119,15 +133,18 @@ QATTN_BF16_TARGET void PvRows(const uint16_t* pb, int pb_stride, int rows, int c
 // Sums each of 16 vectors: lane i of the result is the sum of a[i]'s lanes (a transposing tree).
 QATTN_BF16_TARGET inline __m512 Reduce16(__m512 a[16]) {
   __m512 t[8];
+  _Pragma("GCC unroll 16")
   for (int k = 0; k < 8; ++k)
     t[k] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * k], a[2 * k + 1]), _mm512_unpackhi_ps(a[2 * k], a[2 * k + 1]));
   __m512 u[4];
+  _Pragma("GCC unroll 16")
   for (int k = 0; k < 4; ++k) {
     const __m512d x = _mm512_castps_pd(t[2 * k]), y = _mm512_castps_pd(t[2 * k + 1]);
     u[k] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
   }
   // Each 128-bit block of u[k] now holds 4 partial sums of a[4k..4k+3]; add the blocks together.
   __m512 v[2];
+  _Pragma("GCC unroll 16")
   for (int k = 0; k < 2; ++k)
     v[k] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * k], u[2 * k + 1], 0x88),
                          _mm512_shuffle_f32x4(u[2 * k], u[2 * k + 1], 0xdd));
@@ -150,8 +167,16 @@ alignas(64) const int32_t kToHi[16] = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 2
 alignas(64) const int32_t kFromLoHi0[16] = {0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23};
 alignas(64) const int32_t kFromLoHi1[16] = {8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
 
+// Loads 32 bf16 of a value row starting at dim j0: all of them (kFull) or the first `width`.
+template <bool kFull>
+QATTN_BF16_TARGET inline __m512i LoadValues(const uint16_t* p, __mmask32 mask) {
+  return kFull ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16(mask, p);
+}
+
 // Up to H heads x one 32-dim slice: o[h, j0..j0+32) = alpha * o + sum_c pb[h, c] v[c, j0..].
-template <int H>
+// Two value rows are interleaved into bf16 pairs (unpacklo/hi), which permutes the dims within
+// each 128-bit lane; the accumulators live in that order and are permuted back once at the end.
+template <int H, bool kFull>
 QATTN_BF16_TARGET void AccumulateSlice(const uint16_t* pb, int pb_stride, int n, const uint16_t* v, int64_t v_stride,
                                        int j0, int dv, float* o, const float* alpha) {
   const __m512i to_lo = _mm512_load_si512(kToLo), to_hi = _mm512_load_si512(kToHi);
@@ -159,6 +184,7 @@ QATTN_BF16_TARGET void AccumulateSlice(const uint16_t* pb, int pb_stride, int n,
   const int width = std::min(32, dv - j0);
   const __mmask16 m0 = width >= 16 ? 0xffff : __mmask16((1u << width) - 1);
   const __mmask16 m1 = width >= 32 ? 0xffff : width <= 16 ? 0 : __mmask16((1u << (width - 16)) - 1);
+  _Pragma("GCC unroll 16")
   for (int h = 0; h < H; ++h) {
     const __m512 a = _mm512_set1_ps(alpha[h]);
     const __m512 n0 = _mm512_mul_ps(a, _mm512_maskz_loadu_ps(m0, o + int64_t(h) * dv + j0));
@@ -167,21 +193,43 @@ QATTN_BF16_TARGET void AccumulateSlice(const uint16_t* pb, int pb_stride, int n,
     hi[h] = _mm512_permutex2var_ps(n0, to_hi, n1);
   }
   const __mmask32 vmask = width >= 32 ? ~__mmask32(0) : __mmask32((1u << width) - 1);
-  for (int c = 0; c < n; c += 2) {
-    const __m512i r0 = _mm512_maskz_loadu_epi16(vmask, v + c * v_stride + j0);
-    const __m512i r1 = c + 1 < n ? _mm512_maskz_loadu_epi16(vmask, v + (c + 1) * v_stride + j0) : _mm512_setzero_si512();
+  const uint16_t* row = v + j0;
+  const int pairs = n / 2;
+  for (int c = 0; c < 2 * pairs; c += 2, row += 2 * v_stride) {
+    const __m512i r0 = LoadValues<kFull>(row, vmask), r1 = LoadValues<kFull>(row + v_stride, vmask);
     const __m512bh vlo = (__m512bh)_mm512_unpacklo_epi16(r0, r1);
     const __m512bh vhi = (__m512bh)_mm512_unpackhi_epi16(r0, r1);
+    _Pragma("GCC unroll 16")
     for (int h = 0; h < H; ++h) {
       const __m512bh pr = BroadcastPair(pb + int64_t(h) * pb_stride + c);
       lo[h] = _mm512_dpbf16_ps(lo[h], pr, vlo);
       hi[h] = _mm512_dpbf16_ps(hi[h], pr, vhi);
     }
   }
+  if (n % 2) {  // the last key pairs with a zero row (its partner's probability is 0 too)
+    const __m512i r0 = LoadValues<kFull>(row, vmask), r1 = _mm512_setzero_si512();
+    const __m512bh vlo = (__m512bh)_mm512_unpacklo_epi16(r0, r1);
+    const __m512bh vhi = (__m512bh)_mm512_unpackhi_epi16(r0, r1);
+    for (int h = 0; h < H; ++h) {
+      const __m512bh pr = BroadcastPair(pb + int64_t(h) * pb_stride + n - 1);
+      lo[h] = _mm512_dpbf16_ps(lo[h], pr, vlo);
+      hi[h] = _mm512_dpbf16_ps(hi[h], pr, vhi);
+    }
+  }
   const __m512i from0 = _mm512_load_si512(kFromLoHi0), from1 = _mm512_load_si512(kFromLoHi1);
+  _Pragma("GCC unroll 16")
   for (int h = 0; h < H; ++h) {
     _mm512_mask_storeu_ps(o + int64_t(h) * dv + j0, m0, _mm512_permutex2var_ps(lo[h], from0, hi[h]));
     _mm512_mask_storeu_ps(o + int64_t(h) * dv + j0 + 16, m1, _mm512_permutex2var_ps(lo[h], from1, hi[h]));
+  }
+}
+
+template <int H>
+QATTN_BF16_TARGET void AccumulateSlices(const uint16_t* pb, int pb_stride, int n, const uint16_t* v,
+                                        int64_t v_stride, int dv, float* o, const float* alpha) {
+  for (int j0 = 0; j0 < dv; j0 += 32) {
+    if (j0 + 32 <= dv) AccumulateSlice<H, true>(pb, pb_stride, n, v, v_stride, j0, dv, o, alpha);
+    else AccumulateSlice<H, false>(pb, pb_stride, n, v, v_stride, j0, dv, o, alpha);
   }
 }
 
@@ -220,22 +268,55 @@ QATTN_BF16_TARGET void PvBf16(const float* p, int rows, int cols, int p_stride, 
   }
 }
 
+// 16 keys x one head with CH full 32-dim chunks: 16 independent dot-product chains; the out-of-order
+// core overlaps them, and each key's row is walked with one pointer bump (no spilled addresses).
+template <int CH>
+QATTN_BF16_TARGET void Dot16Keys(const uint16_t* q, const uint16_t* k, int64_t k_stride, float* s) {
+  __m512bh qv[CH];
+  _Pragma("GCC unroll 16")
+  for (int ch = 0; ch < CH; ++ch) qv[ch] = (__m512bh)_mm512_loadu_si512(q + ch * 32);
+  __m512 a[16];
+  const uint16_t* row = k;
+  _Pragma("GCC unroll 16")
+  for (int kk = 0; kk < 16; ++kk) {
+    __m512 acc = _mm512_dpbf16_ps(_mm512_setzero_ps(), qv[0], (__m512bh)_mm512_loadu_si512(row));
+    _Pragma("GCC unroll 16")
+    for (int ch = 1; ch < CH; ++ch) acc = _mm512_dpbf16_ps(acc, qv[ch], (__m512bh)_mm512_loadu_si512(row + ch * 32));
+    a[kk] = acc;
+    row += k_stride;
+  }
+  _mm512_storeu_ps(s, Reduce16(a));
+}
+
+// Any number of keys (< 16 here) and any d: masked loads, one key at a time.
+QATTN_BF16_TARGET void DotKeysGeneric(const __m512bh* qv, int chunks, int d, const uint16_t* k, int64_t k_stride,
+                                      int keys, float* s) {
+  __m512 a[16];
+  for (int kk = 0; kk < 16; ++kk) {
+    a[kk] = _mm512_setzero_ps();
+    if (kk >= keys) continue;
+    for (int ch = 0; ch < chunks; ++ch) a[kk] = _mm512_dpbf16_ps(a[kk], qv[ch], LoadChunk(k + kk * k_stride, ch, d));
+  }
+  _mm512_storeu_ps(s, Reduce16(a));
+}
+
 QATTN_BF16_TARGET void DotRowsBf16(const uint16_t* q, int g, int d, const uint16_t* k, int64_t k_stride, int n,
                                    float* s, int s_stride) {
   const int chunks = (d + 31) / 32;
-  for (int c0 = 0; c0 < n; c0 += 16) {
-    const int keys = std::min(16, n - c0);
-    for (int h = 0; h < g; ++h) {
-      __m512bh qv[kMaxChunks];
-      for (int ch = 0; ch < chunks; ++ch) qv[ch] = LoadChunk(q + int64_t(h) * d, ch, d);
-      __m512 a[16];
-      for (int kk = 0; kk < 16; ++kk) {
-        a[kk] = _mm512_setzero_ps();
-        if (kk >= keys) continue;
-        const uint16_t* krow = k + (c0 + kk) * k_stride;
-        for (int ch = 0; ch < chunks; ++ch) a[kk] = _mm512_dpbf16_ps(a[kk], qv[ch], LoadChunk(krow, ch, d));
-      }
-      _mm512_storeu_ps(s + int64_t(h) * s_stride + c0, Reduce16(a));
+  for (int h = 0; h < g; ++h) {
+    __m512bh qv[kMaxChunks];
+    for (int ch = 0; ch < chunks; ++ch) qv[ch] = LoadChunk(q + int64_t(h) * d, ch, d);
+    float* srow = s + int64_t(h) * s_stride;
+    const uint16_t* qh = q + int64_t(h) * d;
+    for (int c0 = 0; c0 < n; c0 += 16) {
+      const uint16_t* kc = k + c0 * k_stride;
+      const bool full = c0 + 16 <= n && d % 32 == 0;
+      if (full && chunks == 4) Dot16Keys<4>(qh, kc, k_stride, srow + c0);
+      else if (full && chunks == 2) Dot16Keys<2>(qh, kc, k_stride, srow + c0);
+      else if (full && chunks == 8) Dot16Keys<8>(qh, kc, k_stride, srow + c0);
+      else if (full && chunks == 6) Dot16Keys<6>(qh, kc, k_stride, srow + c0);
+      else if (full && chunks == 1) Dot16Keys<1>(qh, kc, k_stride, srow + c0);
+      else DotKeysGeneric(qv, chunks, d, kc, k_stride, std::min(16, n - c0), srow + c0);
     }
   }
 }
@@ -250,15 +331,13 @@ QATTN_BF16_TARGET void AccumulateRowsBf16(const float* p, int g, int p_stride, i
     const int heads = std::min(6, g - h0);
     const uint16_t* ph = pb.data() + int64_t(h0) * pb_stride;
     float* oh = o + int64_t(h0) * dv;
-    for (int j0 = 0; j0 < dv; j0 += 32) {
-      switch (heads) {
-        case 6: AccumulateSlice<6>(ph, pb_stride, n, v, v_stride, j0, dv, oh, alpha + h0); break;
-        case 5: AccumulateSlice<5>(ph, pb_stride, n, v, v_stride, j0, dv, oh, alpha + h0); break;
-        case 4: AccumulateSlice<4>(ph, pb_stride, n, v, v_stride, j0, dv, oh, alpha + h0); break;
-        case 3: AccumulateSlice<3>(ph, pb_stride, n, v, v_stride, j0, dv, oh, alpha + h0); break;
-        case 2: AccumulateSlice<2>(ph, pb_stride, n, v, v_stride, j0, dv, oh, alpha + h0); break;
-        default: AccumulateSlice<1>(ph, pb_stride, n, v, v_stride, j0, dv, oh, alpha + h0); break;
-      }
+    switch (heads) {
+      case 6: AccumulateSlices<6>(ph, pb_stride, n, v, v_stride, dv, oh, alpha + h0); break;
+      case 5: AccumulateSlices<5>(ph, pb_stride, n, v, v_stride, dv, oh, alpha + h0); break;
+      case 4: AccumulateSlices<4>(ph, pb_stride, n, v, v_stride, dv, oh, alpha + h0); break;
+      case 3: AccumulateSlices<3>(ph, pb_stride, n, v, v_stride, dv, oh, alpha + h0); break;
+      case 2: AccumulateSlices<2>(ph, pb_stride, n, v, v_stride, dv, oh, alpha + h0); break;
+      default: AccumulateSlices<1>(ph, pb_stride, n, v, v_stride, dv, oh, alpha + h0); break;
     }
   }
 }

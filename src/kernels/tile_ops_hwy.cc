@@ -64,12 +64,38 @@ float TransformRow(const SoftmaxStep& st, int r, float* row) {
   return hn::GetLane(hn::MaxOfLanes(df, vmax));
 }
 
+// Max of a row's raw dot products (the plain case: no mask, no logit transform, scale > 0).
+float RawRowMax(const float* row, int n) {
+  const DF df;
+  const int N = int(hn::Lanes(df));
+  auto vmax = hn::Set(df, kNegInf);
+  for (int c = 0; c < n; c += N) vmax = hn::Max(vmax, hn::LoadU(df, row + c));
+  return hn::GetLane(hn::MaxOfLanes(df, vmax));
+}
+
+// p = exp(x * x_scale - m) in place; returns the sum of p.
+float ExpRow(float* row, int n, float x_scale, float m) {
+  const DF df;
+  const int N = int(hn::Lanes(df));
+  const auto vm = hn::Set(df, m), vscale = hn::Set(df, x_scale);
+  auto vsum = hn::Zero(df);
+  for (int c = 0; c < n; c += N) {
+    const auto p = hn::Exp(df, hn::MulSub(hn::LoadU(df, row + c), vscale, vm));
+    hn::StoreU(p, df, row + c);
+    vsum = hn::Add(vsum, p);
+  }
+  return hn::GetLane(hn::SumOfLanes(df, vsum));
+}
+
 void SoftmaxUpdateImpl(const SoftmaxStep& st) {
   const DF df;
   const size_t N = hn::Lanes(df);
+  // Plain tiles skip the transform pass: the scale folds into the exponent.
+  const bool plain = st.bounds == nullptr && st.softcap == 0 && st.alibi == nullptr && st.cols == st.s_stride &&
+                     st.scale > 0;
   for (int r = 0; r < st.rows; ++r) {
     float* row = st.s + int64_t(r) * st.s_stride;
-    const float row_max = TransformRow(st, r, row);
+    const float row_max = plain ? RawRowMax(row, st.s_stride) * st.scale : TransformRow(st, r, row);
     const float m_old = st.m[r];
     const float m_new = std::max(m_old, row_max);
     if (m_new == kNegInf) {  // nothing visible so far: keep the accumulators at zero
@@ -77,16 +103,10 @@ void SoftmaxUpdateImpl(const SoftmaxStep& st) {
       for (int c = 0; c < st.s_stride; c += int(N)) hn::StoreU(hn::Zero(df), df, row + c);
       continue;
     }
-    const auto vm = hn::Set(df, m_new);
-    auto vsum = hn::Zero(df);
-    for (int c = 0; c < st.s_stride; c += int(N)) {
-      const auto p = hn::Exp(df, hn::Sub(hn::LoadU(df, row + c), vm));
-      hn::StoreU(p, df, row + c);
-      vsum = hn::Add(vsum, p);
-    }
+    const float sum = ExpRow(row, st.s_stride, plain ? st.scale : 1.0f, m_new);
     const float alpha = m_old == kNegInf ? 0.0f : std::exp(m_old - m_new);
     st.alpha[r] = alpha;
-    st.l[r] = st.l[r] * alpha + hn::GetLane(hn::SumOfLanes(df, vsum));
+    st.l[r] = st.l[r] * alpha + sum;
     st.m[r] = m_new;
   }
 }
@@ -97,17 +117,24 @@ void QkMicro(const float* q, int d, const float* kt, int kt_stride, float* s, in
   const DF df;
   const size_t N = hn::Lanes(df);
   hn::Vec<DF> acc[R][NV];
+  _Pragma("GCC unroll 16")
   for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 16")
     for (int v = 0; v < NV; ++v) acc[r][v] = hn::Zero(df);
   for (int i = 0; i < d; ++i) {
     hn::Vec<DF> k[NV];
+    _Pragma("GCC unroll 16")
     for (int v = 0; v < NV; ++v) k[v] = hn::LoadU(df, kt + int64_t(i) * kt_stride + v * N);
+    _Pragma("GCC unroll 16")
     for (int r = 0; r < R; ++r) {
       const auto qv = hn::Set(df, q[int64_t(r) * d + i]);
+      _Pragma("GCC unroll 16")
       for (int v = 0; v < NV; ++v) acc[r][v] = hn::MulAdd(qv, k[v], acc[r][v]);
     }
   }
+  _Pragma("GCC unroll 16")
   for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 16")
     for (int v = 0; v < NV; ++v) hn::StoreU(acc[r][v], df, s + int64_t(r) * s_stride + v * N);
 }
 
@@ -140,19 +167,26 @@ void PvMicro(const float* p, int cols, int p_stride, const float* v, int v_strid
   const DF df;
   const size_t N = hn::Lanes(df);
   hn::Vec<DF> acc[R][NV];
+  _Pragma("GCC unroll 16")
   for (int r = 0; r < R; ++r) {
     const auto a = hn::Set(df, alpha[r]);
+    _Pragma("GCC unroll 16")
     for (int j = 0; j < NV; ++j) acc[r][j] = hn::Mul(a, hn::LoadU(df, o + int64_t(r) * o_stride + j * N));
   }
   for (int c = 0; c < cols; ++c) {
     hn::Vec<DF> vv[NV];
+    _Pragma("GCC unroll 16")
     for (int j = 0; j < NV; ++j) vv[j] = hn::LoadU(df, v + int64_t(c) * v_stride + j * N);
+    _Pragma("GCC unroll 16")
     for (int r = 0; r < R; ++r) {
       const auto pv = hn::Set(df, p[int64_t(r) * p_stride + c]);
+      _Pragma("GCC unroll 16")
       for (int j = 0; j < NV; ++j) acc[r][j] = hn::MulAdd(pv, vv[j], acc[r][j]);
     }
   }
+  _Pragma("GCC unroll 16")
   for (int r = 0; r < R; ++r)
+    _Pragma("GCC unroll 16")
     for (int j = 0; j < NV; ++j) hn::StoreU(acc[r][j], df, o + int64_t(r) * o_stride + j * N);
 }
 
