@@ -76,6 +76,16 @@ const float* RowsF32(const TensorView& t, int64_t first, int head, int n, int wi
   return buf.data();
 }
 
+// Asks the memory system for rows the next chunk will read while this one computes: the decode
+// loop does enough work per byte that the hardware prefetcher alone falls behind.
+void PrefetchRows(const TensorView& t, int64_t first, int64_t end, int head) {
+  const int64_t row_bytes = t.shape[2] * int64_t(DTypeSize(t.dtype));
+  for (int64_t r = first; r < end; ++r) {
+    const char* p = t.at<const char>(r, head);
+    for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(p + b);
+  }
+}
+
 // One chunk of keys for one unit: rows [r0, r0 + group) of the item's state.
 void Chunk(const DecodeArgs& a, const Geometry& g, const Item& it, int unit, int64_t kv_start, int64_t n_kv,
            int64_t c0, Scratch& sc) {
@@ -83,6 +93,9 @@ void Chunk(const DecodeArgs& a, const Geometry& g, const Item& it, int unit, int
   const int r0 = (unit - it.u0) * g.group;
   const int kh = g.map.k_head(unit * g.group), vh = g.map.v_head(unit * g.group);
   float* s = &sc.s[size_t(r0) * kChunk];  // [group, kChunk]
+  const int64_t next = std::min(it.k1, c0 + kChunk + kChunk);
+  PrefetchRows(a.k, kv_start + c0 + kChunk, kv_start + next, kh);
+  PrefetchRows(a.v, kv_start + c0 + kChunk, kv_start + next, vh);
   if (g.bf16) {
     tile::DotRowsBf16(&sc.q16[size_t(r0) * g.d], g.group, g.d, a.k.at<const uint16_t>(kv_start + c0, kh),
                       a.k.stride[0], n, s, kChunk);

@@ -1,0 +1,39 @@
+// What every subcommand shares: the error type for bad input, the exit codes, and the command record
+// main() dispatches on.
+#pragma once
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace CLI {
+class App;
+}
+
+namespace qattn {
+
+// Bad input on the command line or in an input file; main() prints the message (one sentence) and
+// exits with kExitBadInput.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+constexpr int kExitOk = 0;
+constexpr int kExitInternal = 1;  // a bug or a failure of the machine, not of the input
+constexpr int kExitBadInput = 2;
+
+// A subcommand as registered with CLI11: run() is called when `app` was the one parsed.
+struct Command {
+  CLI::App* app = nullptr;
+  std::function<int()> run;
+};
+
+Command AddAttendCommand(CLI::App& parent);
+// `bench` with its subcommands `attention` and `peak`.
+std::vector<Command> AddBenchCommands(CLI::App& parent);
+
+// Threads to use for a --threads value: 0 means every hardware thread.
+int ResolveThreads(int requested);
+
+}  // namespace qattn
