@@ -101,6 +101,7 @@ struct BenchOptions {
   bool json = false;
   bool remeasure_peak = false, quick_peak = false;
   uint64_t seed = 1;
+  std::string kv_layout;  // "head" | "token"; empty: head for decode, token for prefill
 };
 
 struct BenchShape {
@@ -108,6 +109,7 @@ struct BenchShape {
   int h_q, h_k, h_v, d_qk, d_v;
   DType dtype;
   bool causal;
+  bool head_major;  // K/V stored [H, n_kv, d] (a KV cache's layout) rather than [n_kv, H, d]
 };
 
 void Require(bool ok, const std::string& sentence) {
@@ -127,7 +129,11 @@ double FootprintBytes(const BenchShape& s) {
 }
 
 BenchShape ResolveShape(const BenchOptions& o) {
-  BenchShape s{o.nq, o.nkv, o.hq, o.hk ? o.hk : o.hkv, o.hv ? o.hv : o.hkv, o.d, o.dv ? o.dv : o.d, DType::kF32, o.causal};
+  BenchShape s{o.nq, o.nkv, o.hq, o.hk ? o.hk : o.hkv, o.hv ? o.hv : o.hkv, o.d, o.dv ? o.dv : o.d, DType::kF32, o.causal,
+               false};
+  Require(o.kv_layout.empty() || o.kv_layout == "head" || o.kv_layout == "token",
+          "--kv-layout must be head or token; got '" + o.kv_layout + "'.");
+  s.head_major = o.kv_layout.empty() ? UsesDecode(o.nq) : o.kv_layout == "head";
   Require(ParseDType(o.dtype, &s.dtype), "--dtype must be f32, bf16 or f16; got '" + o.dtype + "'.");
   Require(s.n_q >= 1 && s.n_kv >= 1, "--nq and --nkv must be at least 1.");
   Require(s.h_q >= 1 && s.h_k >= 1 && s.h_v >= 1, "--hq, --hkv, --hk and --hv must be at least 1.");
@@ -191,32 +197,55 @@ PeakLookup LookupPeak(ThreadPool& pool, const BenchOptions& o) {
 
 struct BenchResult {
   TimingStats timing;
-  double flops, kv_bytes, gflops, gbps, fraction;
+  double flops, kv_bytes, gflops, gbps, fraction, fraction_of_cached;
+  double memory_gbps_now = 0;  // decode: bandwidth measured around the run
   const char* fraction_basis;
 };
 
+// A K or V tensor and its [n_kv, H, d] view: rows of one head adjacent ([H, n_kv, d] storage, as a
+// KV cache keeps them) or a token's heads adjacent ([n_kv, H, d] storage, as attend's .npy files).
+struct KvTensor {
+  Tensor storage;
+  TensorView view;
+  KvTensor(DType dtype, int64_t n, int64_t heads, int64_t d, bool head_major)
+      : storage(head_major ? Tensor(dtype, {heads, n, d}) : Tensor(dtype, {n, heads, d})) {
+    view = MakeView(storage.view().data, dtype, {n, heads, d});
+    if (head_major) view.stride = {d, n * d, 1, 0};
+  }
+};
+
+// Memory read bandwidth now, in the same process and moment as the timing: this VM's bandwidth
+// drifts by a quarter over minutes, so decode's fraction is taken against a measurement made
+// around its own run (the larger of one before and one after: the stricter denominator).
+double MemoryBandwidthNow(ThreadPool& pool) { return MeasureMemoryReadGbps(pool, size_t(512) << 20, 2); }
+
 BenchResult Measure(const BenchShape& s, const BenchOptions& o, ThreadPool& pool, const MachinePeak& peak) {
   Tensor q(s.dtype, {s.n_q, s.h_q, s.d_qk});    // [n_q, H_q, d_qk]
-  Tensor k(s.dtype, {s.n_kv, s.h_k, s.d_qk});   // [n_kv, H_k, d_qk]
-  Tensor v(s.dtype, {s.n_kv, s.h_v, s.d_v});    // [n_kv, H_v, d_v]
+  KvTensor kt(s.dtype, s.n_kv, s.h_k, s.d_qk, s.head_major);  // [n_kv, H_k, d_qk] view
+  KvTensor vt(s.dtype, s.n_kv, s.h_v, s.d_v, s.head_major);   // [n_kv, H_v, d_v] view
+  const Tensor& k = kt.storage;
+  const Tensor& v = vt.storage;
   Tensor out(DType::kF32, {s.n_q, s.h_q, s.d_v});  // [n_q, H_q, d_v]
   std::vector<float> lse(size_t(s.n_q) * size_t(s.h_q));  // [n_q, H_q]
   FillRandom(q, o.seed);
   FillRandom(k, o.seed + 1);
   FillRandom(v, o.seed + 2);
-  AttentionCall call{q.view(), k.view(), v.view(), out.view(), lse.data(), {}};
+  AttentionCall call{q.view(), kt.view, vt.view, out.view(), lse.data(), {}};
   call.variant.causal = s.causal;
 
   BenchResult r;
+  const bool decode = UsesDecode(s.n_q);
+  r.memory_gbps_now = decode ? MemoryBandwidthNow(pool) : 0.0;
   r.timing = TimeRepeated([&] { RunAttention(call, &pool); }, o.warmup, o.repeats);
+  if (decode) r.memory_gbps_now = std::max(r.memory_gbps_now, MemoryBandwidthNow(pool));
   r.flops = AttentionFlops(s.n_q, s.n_kv, s.h_q, s.d_qk, s.d_v, s.causal);
   // K and V as stored: each byte must be read at least once, whatever the kernel does.
   r.kv_bytes = double(DTypeSize(s.dtype)) * double(s.n_kv) * (double(s.h_k) * s.d_qk + double(s.h_v) * s.d_v);
   r.gflops = r.flops / r.timing.median / 1e9;
   r.gbps = r.kv_bytes / r.timing.median / 1e9;
   // Decode streams K/V once per token, so memory bounds it; prefill reuses K/V and is compute bound.
-  const bool decode = UsesDecode(s.n_q);
-  r.fraction = decode ? r.gbps / peak.memory_gbps : r.gflops / peak.f32_gflops;
+  r.fraction = decode ? r.gbps / r.memory_gbps_now : r.gflops / peak.f32_gflops;
+  r.fraction_of_cached = decode ? r.gbps / peak.memory_gbps : r.fraction;
   r.fraction_basis = decode ? "memory_bandwidth" : "f32_fma";
   return r;
 }
@@ -230,9 +259,13 @@ json BenchJson(const BenchShape& s, const BenchOptions& o, int threads, const Be
           {"seconds", r.timing.median}, {"seconds_min", r.timing.min}, {"seconds_max", r.timing.max},
           {"flops", r.flops}, {"kv_bytes", r.kv_bytes}, {"gflops", r.gflops}, {"gbps", r.gbps},
           {"peak_gflops", pk.peak.f32_gflops}, {"peak_bf16_gflops", pk.peak.bf16_gflops},
-          {"peak_gbps", pk.peak.memory_gbps}, {"peak_source", pk.source},
+          // Decode's denominator is the bandwidth measured around the run; the cached one is kept too.
+          {"peak_gbps", r.memory_gbps_now > 0 ? r.memory_gbps_now : pk.peak.memory_gbps},
+          {"peak_gbps_cached", pk.peak.memory_gbps}, {"peak_source", pk.source},
           {"peak_other_running_tasks", pk.peak.other_running_tasks},
-          {"fraction_of_peak", r.fraction}, {"fraction_basis", r.fraction_basis}};
+          {"fraction_of_peak", r.fraction}, {"fraction_basis", r.fraction_basis},
+          {"kv_layout", s.head_major ? "head" : "token"},
+          {"fraction_of_cached_peak", r.fraction_of_cached}};
 }
 
 void PrintBenchTable(const BenchShape& s, const BenchOptions& o, int threads, const BenchResult& r, const PeakLookup& pk) {
@@ -244,9 +277,16 @@ void PrintBenchTable(const BenchShape& s, const BenchOptions& o, int threads, co
               (long long)s.n_kv, s.h_q, s.h_k, s.h_v, s.d_qk, s.d_v);
   std::printf("  %-10s %.6f s median of %d (min %.6f, max %.6f)\n", "time", r.timing.median, o.repeats, r.timing.min, r.timing.max);
   std::printf("  %-10s %10.1f GFLOP/s  peak f32 FMA %.1f\n", "compute", r.gflops, pk.peak.f32_gflops);
-  std::printf("  %-10s %10.2f GB/s     peak memory read %.1f\n", "K/V read", r.gbps, pk.peak.memory_gbps);
-  std::printf("  %-10s %10.1f %%        of the %s peak (peak %s)\n", "fraction", 100.0 * r.fraction,
-              decode ? "memory bandwidth" : "f32 FMA", pk.source == "cache" ? "from the cache" : "measured now");
+  std::printf("  %-10s %10.2f GB/s     peak memory read %.1f%s\n", "K/V read", r.gbps,
+              decode ? r.memory_gbps_now : pk.peak.memory_gbps, decode ? " (measured around this run)" : "");
+  std::printf("  %-10s %s, %s\n", "layout", s.head_major ? "K/V head-major [H, n_kv, d]" : "K/V token-major [n_kv, H, d]",
+              "--kv-layout head|token");
+  if (decode)
+    std::printf("  %-10s %10.1f %%        of the memory bandwidth (%.1f %% of the cached peak %.1f)\n", "fraction",
+                100.0 * r.fraction, 100.0 * r.fraction_of_cached, pk.peak.memory_gbps);
+  else
+    std::printf("  %-10s %10.1f %%        of the f32 FMA peak (peak %s)\n", "fraction", 100.0 * r.fraction,
+                pk.source == "cache" ? "from the cache" : "measured now");
 }
 
 int RunBenchAttention(const BenchOptions& o) {
@@ -289,6 +329,9 @@ Command AddAttentionBenchCommand(CLI::App& bench) {
   cmd->add_option("--repeats", o->repeats, "timed runs; the median is reported (default 5)");
   cmd->add_option("--warmup", o->warmup, "untimed runs first (default 1)");
   cmd->add_option("--seed", o->seed, "random input seed (default 1)");
+  cmd->add_option("--kv-layout", o->kv_layout,
+                  "K/V storage: head ([H, n_kv, d], a KV cache's layout; default for decode) or token "
+                  "([n_kv, H, d]; default for prefill)")->type_name("LAYOUT");
   cmd->add_flag("--json", o->json, "print one JSON object instead of a table");
   cmd->add_flag("--remeasure-peak", o->remeasure_peak, "measure the machine peak again and refresh the cache");
   cmd->add_flag("--quick-peak", o->quick_peak, "if the peak must be measured, measure it roughly and do not cache it");

@@ -16,7 +16,8 @@ BENCH_KEYS = {"mode": str, "n_q": int, "n_kv": int, "h_q": int, "h_k": int, "h_v
               "seconds": float, "seconds_min": float, "flops": float, "kv_bytes": float, "gflops": float,
               "gbps": float, "peak_gflops": float, "peak_bf16_gflops": float, "peak_gbps": float,
               "peak_source": str, "peak_other_running_tasks": int, "fraction_of_peak": float,
-              "fraction_basis": str}
+              "fraction_basis": str, "kv_layout": str, "peak_gbps_cached": float,
+              "fraction_of_cached_peak": float}
 TINY = ["--hq", "4", "--hkv", "2", "--d", "32", "--repeats", "3", "--warmup", "1", "--threads", "1"]
 
 
