@@ -51,6 +51,11 @@ void AddHeadMaps(CaseList* l) {
       const int hk = r == 16 ? 1 : 2;
       l->Add("gqa" + Str(r), DecodeCase(t, r * hk, hk, hk, 64, 64, {65, 300}, kSplits[i++ % 4]));
     }
+  for (DType t : kAllTypes) {  // MQA and Sparse Query Attention (fewer query heads than a base of 8)
+    l->Add("mqa8", DecodeCase(t, 8, 1, 1, 128, 128, {129, 513}, kSplits[i++ % 4]));
+    l->Add("sqa_symmetric_q4kv4", DecodeCase(t, 4, 4, 4, 128, 128, {200}, kSplits[i++ % 4]));
+    l->Add("sqa_extreme_q2kv1", DecodeCase(t, 2, 1, 1, 64, 64, {77, 1}, kSplits[i++ % 4]));
+  }
   struct Heads { int q, k, v; };  // DiffQKV
   for (Heads h : {Heads{8, 2, 4}, Heads{8, 4, 1}, Heads{6, 3, 2}})
     for (DType t : kAllTypes)

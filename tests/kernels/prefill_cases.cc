@@ -89,6 +89,14 @@ void AddHeadMaps(CaseList* l) {
       l->Add("gqa" + Str(r), c);
     }
   for (DType t : kAllTypes) l->Add("mqa8", PrefillCase(t, 8, 1, 1, 64, 64, {66}, {66}));
+  // Sparse Query Attention: the projection keeps fewer query heads than the base model's 8 (here 4
+  // over 4 KV heads, "symmetric" SQA, and 2 over 1, "extreme" SQA); the kernel sees H_q = 4 and 2.
+  for (DType t : kAllTypes) {
+    Case sym = PrefillCase(t, 4, 4, 4, 64, 64, {70}, {70});
+    sym.causal = true;
+    l->Add("sqa_symmetric_q4kv4", sym);
+    l->Add("sqa_extreme_q2kv1", PrefillCase(t, 2, 1, 1, 128, 128, {33}, {90}));
+  }
   struct Heads { int q, k, v; };  // DiffQKV: H_k != H_v
   int i = 0;
   for (Heads h : {Heads{8, 2, 4}, Heads{8, 4, 2}, Heads{8, 1, 8}, Heads{6, 3, 2}, Heads{4, 4, 1}, Heads{8, 8, 2}})
