@@ -33,17 +33,22 @@ format_with_python() {
   python3 - "$results" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-print("| shape | dtype | seconds | GFLOP/s | GB/s | fraction of peak |")
-print("|---|---|---:|---:|---:|---:|")
+print("| shape | dtype | seconds | GFLOP/s | GB/s | peak used | fraction of peak |")
+print("|---|---|---:|---:|---:|---:|---:|")
 for r in rows:
     kind = "decode" if r["mode"] == "decode" else "prefill causal" if r["causal"] else "prefill"
     shape = f"{kind}, H {r['h_q']}/{r['h_k']}, d {r['d_qk']}, n_q {r['n_q']}, n_kv {r['n_kv']}"
-    basis = "memory BW" if r["fraction_basis"] == "memory_bandwidth" else "f32 FMA"
+    if r["fraction_basis"] == "memory_bandwidth":
+        basis, peak = "memory BW", f"{r['peak_gbps']:.1f} GB/s"
+    else:
+        basis, peak = "f32 FMA", f"{r['peak_gflops']:.0f} GFLOP/s"
     print(f"| {shape} | {r['dtype']} | {r['seconds']:.4f} | {r['gflops']:.1f} | {r['gbps']:.1f} "
-          f"| {100 * r['fraction_of_peak']:.1f}% of {basis} |")
+          f"| {peak} | {100 * r['fraction_of_peak']:.1f}% of {basis} |")
 r = rows[0]
-print(f"\n{r['threads']} threads, isa {r['isa']}; peaks ({r['peak_source']}): f32 FMA {r['peak_gflops']:.0f} GFLOP/s, "
-      f"bf16 dot {r['peak_bf16_gflops']:.0f} GFLOP/s, memory read {r['peak_gbps']:.1f} GB/s.")
+print(f"\n{r['threads']} threads, isa {r['isa']}. Peaks: f32 FMA {r['peak_gflops']:.0f} GFLOP/s and bf16 dot "
+      f"{r['peak_bf16_gflops']:.0f} GFLOP/s ({r['peak_source']}); decode rows divide by the memory read bandwidth "
+      f"measured just before and after their own run (cached: {r['peak_gbps_cached']:.1f} GB/s). "
+      f"Decode K/V are head-major ([H, n_kv, d], a KV cache's layout).")
 PY
 }
 
