@@ -46,8 +46,9 @@ for r in rows:
           f"| {peak} | {100 * r['fraction_of_peak']:.1f}% of {basis} |")
 r = rows[0]
 print(f"\n{r['threads']} threads, isa {r['isa']}. Peaks: f32 FMA {r['peak_gflops']:.0f} GFLOP/s and bf16 dot "
-      f"{r['peak_bf16_gflops']:.0f} GFLOP/s ({r['peak_source']}); decode rows divide by the memory read bandwidth "
-      f"measured just before and after their own run (cached: {r['peak_gbps_cached']:.1f} GB/s). "
+      f"{r['peak_bf16_gflops']:.0f} GFLOP/s ({r['peak_source']}); decode rows divide by the median rate of plain "
+      f"streaming reads of the same bytes interleaved with their runs (the cached best-case peak, best of many "
+      f"2 ms reads, is {r['peak_gbps_cached']:.1f} GB/s). "
       f"Decode K/V are head-major ([H, n_kv, d], a KV cache's layout).")
 PY
 }

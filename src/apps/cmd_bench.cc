@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -214,10 +215,30 @@ struct KvTensor {
   }
 };
 
-// Memory read bandwidth now, in the same process and moment as the timing: this VM's bandwidth
-// drifts by a quarter over minutes, so decode's fraction is taken against a measurement made
-// around its own run (the larger of one before and one after: the stricter denominator).
-double MemoryBandwidthNow(ThreadPool& pool) { return MeasureMemoryReadGbps(pool, size_t(512) << 20, 2); }
+// Decode timing interleaved with plain streaming reads of the same number of bytes: this VM's
+// memory bandwidth drifts by a third within minutes, so decode's fraction compares the median of
+// its runs with the median of reads taken between them (same moment, bytes and statistic).
+struct InterleavedDecodeTiming {
+  TimingStats decode;
+  double read_gbps;  // median over the interleaved reads
+};
+
+InterleavedDecodeTiming TimeDecodeAgainstReads(const std::function<void()>& run, double kv_bytes, int warmup,
+                                               int repeats, ThreadPool& pool) {
+  MemoryReadProbe probe(pool, size_t(kv_bytes));
+  for (int i = 0; i < warmup; ++i) {
+    probe.ReadSeconds();
+    run();
+  }
+  std::vector<double> run_seconds, read_gbps;  // [repeats] each
+  for (int i = 0; i < repeats; ++i) {
+    read_gbps.push_back(double(probe.read_bytes()) / probe.ReadSeconds() / 1e9);
+    const double t0 = NowSeconds();
+    run();
+    run_seconds.push_back(NowSeconds() - t0);
+  }
+  return {Summarize(std::move(run_seconds)), Median(std::move(read_gbps))};
+}
 
 BenchResult Measure(const BenchShape& s, const BenchOptions& o, ThreadPool& pool, const MachinePeak& peak) {
   Tensor q(s.dtype, {s.n_q, s.h_q, s.d_qk});    // [n_q, H_q, d_qk]
@@ -235,12 +256,16 @@ BenchResult Measure(const BenchShape& s, const BenchOptions& o, ThreadPool& pool
 
   BenchResult r;
   const bool decode = UsesDecode(s.n_q);
-  r.memory_gbps_now = decode ? MemoryBandwidthNow(pool) : 0.0;
-  r.timing = TimeRepeated([&] { RunAttention(call, &pool); }, o.warmup, o.repeats);
-  if (decode) r.memory_gbps_now = std::max(r.memory_gbps_now, MemoryBandwidthNow(pool));
   r.flops = AttentionFlops(s.n_q, s.n_kv, s.h_q, s.d_qk, s.d_v, s.causal);
   // K and V as stored: each byte must be read at least once, whatever the kernel does.
   r.kv_bytes = double(DTypeSize(s.dtype)) * double(s.n_kv) * (double(s.h_k) * s.d_qk + double(s.h_v) * s.d_v);
+  if (decode) {
+    const auto t = TimeDecodeAgainstReads([&] { RunAttention(call, &pool); }, r.kv_bytes, o.warmup, o.repeats, pool);
+    r.timing = t.decode;
+    r.memory_gbps_now = t.read_gbps;
+  } else {
+    r.timing = TimeRepeated([&] { RunAttention(call, &pool); }, o.warmup, o.repeats);
+  }
   r.gflops = r.flops / r.timing.median / 1e9;
   r.gbps = r.kv_bytes / r.timing.median / 1e9;
   // Decode streams K/V once per token, so memory bounds it; prefill reuses K/V and is compute bound.

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "apps/cli_support.h"
+#include "core/cpu_features.h"
 #include "eval/npy.h"
 #include "kernels/attention.h"
 
@@ -105,12 +106,22 @@ int main(int argc, char** argv) {
   CLI::App app{"qattn: a CPU attention engine (prefill and decode kernels, benchmarks).", "qattn"};
   app.set_version_flag("--version", std::string("qattn ") + QATTN_VERSION);
   app.require_subcommand(1);
+  std::string isa;
+  app.add_option("--isa", isa,
+                 "cap the kernels' instruction set: scalar, avx2, avx512 or avx512bf16 (default: the best this "
+                 "CPU has; the environment variable QATTN_ISA does the same)")
+      ->type_name("ISA");
   std::vector<Command> commands = {AddAttendCommand(app)};
   for (Command& c : AddBenchCommands(app)) commands.push_back(c);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return ReportParseError(app, e);
+  }
+  if (!isa.empty()) {
+    Isa cap;
+    if (!ParseIsa(isa, &cap)) return Fail(app, kExitBadInput, "--isa must be scalar, avx2, avx512 or avx512bf16; got '" + isa + "'");
+    SetIsaCap(cap);
   }
   for (const Command& c : commands) {
     if (c.app->parsed()) return RunCommand(app, c);

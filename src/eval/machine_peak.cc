@@ -364,6 +364,27 @@ double MeasureMemoryReadGbps(ThreadPool& pool, size_t bytes, int passes) {
   return best;
 }
 
+MemoryReadProbe::MemoryReadProbe(ThreadPool& pool, size_t read_bytes) : pool_(pool) {
+  read_bytes_ = std::max(read_bytes / kReadChunk, size_t(1)) * kReadChunk;
+  // At least 4 reads' worth and 512 MiB, so the next read is never still in the last-level cache.
+  array_bytes_ = std::max(4 * read_bytes_, size_t(512) << 20) / read_bytes_ * read_bytes_;
+  void* p = mmap(nullptr, array_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  data_ = static_cast<char*>(p);
+  madvise(data_, array_bytes_, MADV_HUGEPAGE);
+  pool.ParallelFor(int64_t(array_bytes_ / kReadChunk), [&](int64_t c, int) {
+    std::memset(data_ + size_t(c) * kReadChunk, int(c & 0xff), kReadChunk);
+  });
+}
+
+MemoryReadProbe::~MemoryReadProbe() { munmap(data_, array_bytes_); }
+
+double MemoryReadProbe::ReadSeconds() {
+  const double seconds = RunReadTrial(pool_, PickReadLoop(), data_ + offset_, read_bytes_);
+  offset_ = (offset_ + read_bytes_) % array_bytes_;
+  return seconds;
+}
+
 MachinePeak MeasureMachinePeak(ThreadPool& pool, const PeakOptions& options) {
   const int busy_before = OtherRunningTasks();
   const double t0 = NowSeconds();

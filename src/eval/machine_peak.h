@@ -45,6 +45,25 @@ double MeasureF32FmaGflops(ThreadPool& pool, double seconds, int trials, std::st
 double MeasureBf16DotGflops(ThreadPool& pool, double seconds, int trials);  // 0 without AVX512-BF16
 double MeasureMemoryReadGbps(ThreadPool& pool, size_t bytes, int passes);
 
+// Times plain streaming reads of a given size from an array far larger than the caches, so a
+// benchmark can interleave them with its own runs and compare like with like: same moment, same
+// bytes, same statistic. Successive reads walk through the array, so none is served from cache.
+class MemoryReadProbe {
+ public:
+  MemoryReadProbe(ThreadPool& pool, size_t read_bytes);
+  ~MemoryReadProbe();
+  MemoryReadProbe(const MemoryReadProbe&) = delete;
+  MemoryReadProbe& operator=(const MemoryReadProbe&) = delete;
+  // Seconds to read the next read_bytes on every thread of the pool.
+  double ReadSeconds();
+  size_t read_bytes() const { return read_bytes_; }
+
+ private:
+  ThreadPool& pool_;
+  size_t read_bytes_, array_bytes_, offset_ = 0;
+  char* data_ = nullptr;
+};
+
 // A description of the CPU precise enough to key cached measurements, e.g.
 // "AMD EPYC (family 26, model 2, stepping 1)".
 std::string CpuModelName();

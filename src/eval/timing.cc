@@ -20,12 +20,18 @@ double Median(std::vector<double> values) {
 
 TimingStats TimeRepeated(const std::function<void()>& fn, int warmup, int repeats) {
   for (int i = 0; i < warmup; ++i) fn();
-  TimingStats s;
+  std::vector<double> samples;
   for (int i = 0; i < std::max(repeats, 1); ++i) {
     const double t0 = NowSeconds();
     fn();
-    s.samples.push_back(NowSeconds() - t0);
+    samples.push_back(NowSeconds() - t0);
   }
+  return Summarize(std::move(samples));
+}
+
+TimingStats Summarize(std::vector<double> samples) {
+  TimingStats s;
+  s.samples = std::move(samples);
   s.median = Median(s.samples);
   s.min = *std::min_element(s.samples.begin(), s.samples.end());
   s.max = *std::max_element(s.samples.begin(), s.samples.end());

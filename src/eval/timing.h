@@ -21,6 +21,9 @@ struct TimingStats {
 // repeats must be >= 1.
 TimingStats TimeRepeated(const std::function<void()>& fn, int warmup, int repeats);
 
+// Median, min, max and mean of timed samples (at least one).
+TimingStats Summarize(std::vector<double> samples);
+
 // Median of the values (mean of the middle two for an even count); 0 for none.
 double Median(std::vector<double> values);
 
