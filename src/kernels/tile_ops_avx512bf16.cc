@@ -324,13 +324,18 @@ QATTN_BF16_TARGET void Dot8KeysTwoHeads(const uint16_t* qa, const uint16_t* qb, 
 template <int CH>
 QATTN_BF16_TARGET void DotRowsFull(const uint16_t* q, int g, int d, const uint16_t* k, int64_t k_stride, int n,
                                    float* s, int s_stride) {
-  int h = 0;
-  for (; h + 2 <= g; h += 2)
-    for (int c0 = 0; c0 < n; c0 += 8)
-      Dot8KeysTwoHeads<CH>(q + int64_t(h) * d, q + int64_t(h + 1) * d, k + c0 * k_stride, k_stride,
-                           s + int64_t(h) * s_stride + c0, s + int64_t(h + 1) * s_stride + c0);
-  for (; h < g; ++h)
-    for (int c0 = 0; c0 < n; c0 += 16) Dot16Keys<CH>(q + int64_t(h) * d, k + c0 * k_stride, k_stride, s + int64_t(h) * s_stride + c0);
+  // Blocks of 64 keys (16 KiB at d = 128) stay in L1 while every head pair reads them.
+  for (int b0 = 0; b0 < n; b0 += 64) {
+    const int b1 = std::min(n, b0 + 64);
+    int h = 0;
+    for (; h + 2 <= g; h += 2)
+      for (int c0 = b0; c0 < b1; c0 += 8)
+        Dot8KeysTwoHeads<CH>(q + int64_t(h) * d, q + int64_t(h + 1) * d, k + c0 * k_stride, k_stride,
+                             s + int64_t(h) * s_stride + c0, s + int64_t(h + 1) * s_stride + c0);
+    for (; h < g; ++h)
+      for (int c0 = b0; c0 < b1; c0 += 16)
+        Dot16Keys<CH>(q + int64_t(h) * d, k + c0 * k_stride, k_stride, s + int64_t(h) * s_stride + c0);
+  }
 }
 
 // Any number of keys (< 16 here) and any d: masked loads, one key at a time.
