@@ -134,6 +134,14 @@ void SoftmaxUpdateImpl(const SoftmaxStep& st) {
   }
 }
 
+// Rows per register tile: 6 x 4 accumulators where the target has 32 vector registers (AVX-512),
+// 4 x 4 where it has 16 (AVX2 and below).
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+constexpr int kTileRows = 6;
+#else
+constexpr int kTileRows = 4;
+#endif
+
 // R rows x NV vectors of keys: s[r, c..] = sum_i q[r, i] * kt[i, c..]
 template <int R, int NV>
 void QkMicro(const float* q, int d, const float* kt, int kt_stride, float* s, int s_stride) {
@@ -164,6 +172,8 @@ void QkMicro(const float* q, int d, const float* kt, int kt_stride, float* s, in
 template <int NV>
 void QkRows(const float* q, int rows, int d, const float* kt, int cols, float* s, int s_stride) {
   switch (rows) {
+    case 6: return QkMicro<6, NV>(q, d, kt, cols, s, s_stride);
+    case 5: return QkMicro<5, NV>(q, d, kt, cols, s, s_stride);
     case 4: return QkMicro<4, NV>(q, d, kt, cols, s, s_stride);
     case 3: return QkMicro<3, NV>(q, d, kt, cols, s, s_stride);
     case 2: return QkMicro<2, NV>(q, d, kt, cols, s, s_stride);
@@ -173,8 +183,8 @@ void QkRows(const float* q, int rows, int d, const float* kt, int cols, float* s
 
 void QkF32Impl(const float* q, int rows, int d, const float* kt, int cols, float* s, int s_stride) {
   const int N = int(hn::Lanes(DF()));
-  for (int r0 = 0; r0 < rows; r0 += 4) {
-    const int r = std::min(4, rows - r0);
+  for (int r0 = 0; r0 < rows; r0 += kTileRows) {
+    const int r = std::min(kTileRows, rows - r0);
     const float* qr = q + int64_t(r0) * d;
     float* sr = s + int64_t(r0) * s_stride;
     int c0 = 0;
@@ -216,6 +226,8 @@ void PvMicro(const float* p, int cols, int p_stride, const float* v, int v_strid
 template <int NV>
 void PvRows(const float* p, int rows, int cols, int p_stride, const float* v, int dv, float* o, const float* alpha) {
   switch (rows) {
+    case 6: return PvMicro<6, NV>(p, cols, p_stride, v, dv, o, dv, alpha);
+    case 5: return PvMicro<5, NV>(p, cols, p_stride, v, dv, o, dv, alpha);
     case 4: return PvMicro<4, NV>(p, cols, p_stride, v, dv, o, dv, alpha);
     case 3: return PvMicro<3, NV>(p, cols, p_stride, v, dv, o, dv, alpha);
     case 2: return PvMicro<2, NV>(p, cols, p_stride, v, dv, o, dv, alpha);
@@ -226,8 +238,8 @@ void PvRows(const float* p, int rows, int cols, int p_stride, const float* v, in
 void PvF32Impl(const float* p, int rows, int cols, int p_stride, const float* v, int dv, float* o,
                const float* alpha) {
   const int N = int(hn::Lanes(DF()));
-  for (int r0 = 0; r0 < rows; r0 += 4) {
-    const int r = std::min(4, rows - r0);
+  for (int r0 = 0; r0 < rows; r0 += kTileRows) {
+    const int r = std::min(kTileRows, rows - r0);
     const float* pr = p + int64_t(r0) * p_stride;
     float* orow = o + int64_t(r0) * dv;
     int j0 = 0;
