@@ -1,8 +1,20 @@
 #include "core/thread_pool.h"
 
+#include <chrono>
 #include <memory>
 
 namespace qattn {
+
+namespace {
+// About 50 microseconds of polling before a thread goes to sleep.
+constexpr auto kSpinTime = std::chrono::microseconds(50);
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+}  // namespace
 
 ThreadPool::ThreadPool(int num_threads) : num_threads_(num_threads < 1 ? 1 : num_threads) {
   for (int t = 1; t < num_threads_; ++t) workers_.emplace_back([this, t] { WorkerLoop(t); });
@@ -11,10 +23,23 @@ ThreadPool::ThreadPool(int num_threads) : num_threads_(num_threads < 1 ? 1 : num
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    stopping_ = true;
+    stopping_.store(true);
   }
   start_cv_.notify_all();
   for (auto& w : workers_) w.join();
+}
+
+template <typename Done>
+void ThreadPool::SpinThenWait(std::condition_variable& cv, Done done) {
+  const auto deadline = std::chrono::steady_clock::now() + kSpinTime;
+  for (int i = 0; !done(); ++i) {
+    CpuRelax();
+    if ((i & 63) == 0 && std::chrono::steady_clock::now() > deadline) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      cv.wait(lock, done);
+      return;
+    }
+  }
 }
 
 void ThreadPool::RunItems(int thread_id) {
@@ -24,16 +49,13 @@ void ThreadPool::RunItems(int thread_id) {
 void ThreadPool::WorkerLoop(int thread_id) {
   uint64_t seen = 0;
   for (;;) {
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      start_cv_.wait(lock, [&] { return stopping_ || generation_ != seen; });
-      if (stopping_) return;
-      seen = generation_;
-    }
+    SpinThenWait(start_cv_, [&] { return stopping_.load() || generation_.load(std::memory_order_acquire) != seen; });
+    if (stopping_.load()) return;
+    seen = generation_.load(std::memory_order_acquire);
     RunItems(thread_id);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (--busy_workers_ == 0) done_cv_.notify_one();
+    if (busy_workers_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lock(mutex_);  // pairs with the caller's sleep in SpinThenWait
+      done_cv_.notify_one();
     }
   }
 }
@@ -49,13 +71,12 @@ void ThreadPool::ParallelFor(int64_t count, const std::function<void(int64_t, in
     task_ = &task;
     count_ = count;
     next_.store(0);
-    busy_workers_ = int(workers_.size());
-    ++generation_;
+    busy_workers_.store(int(workers_.size()));
+    generation_.fetch_add(1, std::memory_order_release);
   }
   start_cv_.notify_all();
   RunItems(0);
-  std::unique_lock<std::mutex> lock(mutex_);
-  done_cv_.wait(lock, [&] { return busy_workers_ == 0; });
+  SpinThenWait(done_cv_, [&] { return busy_workers_.load(std::memory_order_acquire) == 0; });
 }
 
 namespace {
