@@ -39,6 +39,15 @@ TEST(ThreadPool, ManyCallsInARow) {
   for (int rep = 0; rep < 500; ++rep) ExpectEachIndexOnce(pool, rep % 17);
 }
 
+// Pauses longer than the workers' spin time between calls, so they go to sleep and must be woken.
+TEST(ThreadPool, WakesSleepingWorkers) {
+  ThreadPool pool(3);
+  for (int rep = 0; rep < 20; ++rep) {
+    std::this_thread::sleep_for(std::chrono::microseconds(rep % 2 ? 300 : 10));
+    ExpectEachIndexOnce(pool, 50);
+  }
+}
+
 TEST(ThreadPool, ClampsThreadCountToOne) {
   ThreadPool pool(0);
   EXPECT_EQ(pool.num_threads(), 1);
