@@ -27,8 +27,9 @@ struct Geometry {
 };
 
 // Units are groups of `group` query heads sharing one K head and one V head. An item walks
-// keys [k0, k1) of one sequence for units [u0, u1): one unit when each head's keys are contiguous,
-// all units when a token's heads are interleaved ([n_kv, H, d]), so memory is read front to back.
+// keys [k0, k1) of one sequence for units [u0, u1): one or two units when each head's keys are
+// contiguous, all units when a token's heads are interleaved ([n_kv, H, d]), so memory is read
+// front to back. Its state has rows = (u1 - u0) * group query heads.
 struct Item {
   int seq, u0, u1, split;
   int64_t k0, k1;
@@ -36,15 +37,15 @@ struct Item {
 
 // Per-thread buffers for one work item.
 struct Scratch {
-  std::vector<float> q32;          // [group, d]
-  std::vector<uint16_t> q16;       // [group, d]
+  std::vector<float> q32;          // [rows, d]
+  std::vector<uint16_t> q16;       // [rows, d]
   std::vector<float> kv32;         // [kChunk, max(d, dv)] f16/bf16 rows widened for the f32 path
   std::vector<float> s;            // [rows, kSegment]
   std::vector<float> ones;         // [group] rescale factors of 1
-  std::vector<float> o;            // [group, dv]
-  std::vector<float> m, l, alpha, slope;  // [group]
-  std::vector<int64_t> pos;        // [group]
-  std::vector<KeyInterval> bounds; // [group]
+  std::vector<float> o;            // [rows, dv]
+  std::vector<float> m, l, alpha, slope;  // [rows]
+  std::vector<int64_t> pos;        // [rows]
+  std::vector<KeyInterval> bounds; // [rows]
 };
 
 Scratch& ThreadScratch() {
