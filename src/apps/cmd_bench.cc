@@ -303,7 +303,7 @@ void PrintBenchTable(const BenchShape& s, const BenchOptions& o, int threads, co
   std::printf("  %-10s %.6f s median of %d (min %.6f, max %.6f)\n", "time", r.timing.median, o.repeats, r.timing.min, r.timing.max);
   std::printf("  %-10s %10.1f GFLOP/s  peak f32 FMA %.1f\n", "compute", r.gflops, pk.peak.f32_gflops);
   std::printf("  %-10s %10.2f GB/s     peak memory read %.1f%s\n", "K/V read", r.gbps,
-              decode ? r.memory_gbps_now : pk.peak.memory_gbps, decode ? " (measured around this run)" : "");
+              decode ? r.memory_gbps_now : pk.peak.memory_gbps, decode ? " (plain reads of the same bytes, interleaved with the runs)" : "");
   std::printf("  %-10s %s, %s\n", "layout", s.head_major ? "K/V head-major [H, n_kv, d]" : "K/V token-major [n_kv, H, d]",
               "--kv-layout head|token");
   if (decode)

@@ -75,16 +75,8 @@ float RoundTrip(float f, DType t) {
 void ConvertToF32(const void* src, DType t, float* dst, size_t n) {
   switch (t) {
     case DType::kF32: std::memcpy(dst, src, n * 4); break;
-    case DType::kBF16: {
-      const BF16* s = static_cast<const BF16*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = BF16ToF32(s[i]);
-      break;
-    }
-    case DType::kF16: {
-      const F16* s = static_cast<const F16*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = F16ToF32(s[i]);
-      break;
-    }
+    case DType::kBF16: BF16ToF32Array(static_cast<const uint16_t*>(src), dst, n); break;
+    case DType::kF16: F16ToF32Array(static_cast<const uint16_t*>(src), dst, n); break;
   }
 }
 

@@ -39,6 +39,10 @@ F16 F32ToF16(float f);
 // Rounds f through the given type and back (identity for f32).
 float RoundTrip(float f, DType t);
 
+// Vectorised widening of n bf16 or f16 values (exact; convert_hwy.cc).
+void BF16ToF32Array(const uint16_t* src, float* dst, size_t n);
+void F16ToF32Array(const uint16_t* src, float* dst, size_t n);
+
 // Converts n elements between a typed buffer and f32.
 void ConvertToF32(const void* src, DType t, float* dst, size_t n);
 void ConvertFromF32(const float* src, void* dst, DType t, size_t n);

@@ -1,5 +1,6 @@
 // dtype conversions against known bit patterns, an independent decoder, and exhaustive
 // round-to-nearest-even checks at every midpoint between neighbouring bf16 / f16 values.
+#include "core/cpu_features.h"
 #include "core/dtype.h"
 
 #include <gtest/gtest.h>
@@ -165,6 +166,32 @@ TEST(BF16, DecodeAllPatterns) {
       ASSERT_EQ(double(got), want) << std::hex << b;
     }
   }
+}
+
+// The vectorised array conversions (Highway, one build per target) against the same decoders,
+// for every bit pattern, under every instruction set this CPU runs.
+TEST(DType, ArrayWideningDecodesAllPatternsOnEveryIsa) {
+  std::vector<uint16_t> bits(0x10000 + 5);  // [65541]: all patterns plus a tail for the scalar loop
+  for (size_t i = 0; i < bits.size(); ++i) bits[i] = uint16_t(i);
+  std::vector<float> out(bits.size());  // [65541]
+  const Isa best = ActiveIsa();
+  for (Isa cap : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16}) {
+    if (cap > best) continue;
+    SetIsaCap(cap);
+    for (DType t : {DType::kF16, DType::kBF16}) {
+      ConvertToF32(bits.data(), t, out.data(), bits.size());
+      for (size_t i = 0; i < bits.size(); ++i) {
+        const double want = t == DType::kF16 ? DecodeF16(bits[i]) : DecodeBF16(bits[i]);
+        if (std::isnan(want)) {
+          ASSERT_TRUE(std::isnan(out[i])) << IsaName(cap) << " " << DTypeName(t) << std::hex << " " << bits[i];
+        } else {
+          ASSERT_EQ(double(out[i]), want) << IsaName(cap) << " " << DTypeName(t) << std::hex << " " << bits[i];
+          ASSERT_EQ(std::signbit(out[i]), std::signbit(want)) << IsaName(cap) << std::hex << " " << bits[i];
+        }
+      }
+    }
+  }
+  SetIsaCap(best);
 }
 
 // For every pair of neighbours (a, a+1) of both signs: the midpoint goes to the even one, the
