@@ -2,26 +2,24 @@
 
 namespace qattn {
 
-void RunAttention(const AttentionCall& call, ThreadPool* pool) {
-  if (UsesDecode(call.q.dim(0))) {
-    DecodeArgs args;
-    args.q = call.q;
-    args.k = call.k;
-    args.v = call.v;
-    args.out = call.out;
-    args.lse = call.lse;
-    args.variant = call.variant;
-    AttendDecode(args, pool);
-    return;
-  }
-  PrefillArgs args;
+namespace {
+// The fields PrefillArgs and DecodeArgs share, filled from the call.
+template <typename Args>
+Args ArgsFor(const AttentionCall& call) {
+  Args args;
   args.q = call.q;
   args.k = call.k;
   args.v = call.v;
   args.out = call.out;
   args.lse = call.lse;
   args.variant = call.variant;
-  AttendPrefill(args, pool);
+  return args;
+}
+}  // namespace
+
+void RunAttention(const AttentionCall& call, ThreadPool* pool) {
+  if (UsesDecode(call.q.dim(0))) AttendDecode(ArgsFor<DecodeArgs>(call), pool);
+  else AttendPrefill(ArgsFor<PrefillArgs>(call), pool);
 }
 
 }  // namespace qattn

@@ -8,6 +8,7 @@
 
 #include "kernels/attention.h"
 #include "kernels/checks.h"
+#include "kernels/row_state.h"
 #include "kernels/tile_ops.h"
 #include "kernels/variant_mask.h"
 
@@ -43,9 +44,7 @@ struct Scratch {
   std::vector<float> s;            // [rows, kSegment]
   std::vector<float> ones;         // [group] rescale factors of 1
   std::vector<float> o;            // [rows, dv]
-  std::vector<float> m, l, alpha, slope;  // [rows]
-  std::vector<int64_t> pos;        // [rows]
-  std::vector<KeyInterval> bounds; // [rows]
+  RowState rows;                   // softmax state of the item's rows
 };
 
 Scratch& ThreadScratch() {
@@ -122,25 +121,11 @@ void Segment(const DecodeArgs& a, const Geometry& g, const Item& it, int unit, i
   }
   const VariantMask mask(a.variant, 1, n_kv);
   const bool needs_mask = !mask.BlockFullyVisible(0, 1, c0, c0 + n);
-  tile::SoftmaxStep step;
-  step.s = s;
-  step.rows = g.group;
-  step.cols = n;
-  step.s_stride = stride;
-  step.key_start = c0;
-  step.scale = g.scale;
-  step.softcap = a.variant.softcap;
-  step.alibi = a.variant.alibi_slopes ? &sc.slope[r0] : nullptr;
-  step.pos = &sc.pos[r0];
-  step.bounds = needs_mask ? &sc.bounds[r0] : nullptr;
-  step.m = &sc.m[r0];
-  step.l = &sc.l[r0];
-  step.alpha = &sc.alpha[r0];
-  tile::SoftmaxUpdate(step);
+  sc.rows.Step(s, r0, g.group, n, stride, c0, g.scale, a.variant, needs_mask);
   float* o = &sc.o[size_t(r0) * g.dv];  // [group, dv]
   for (int sub = 0; sub < n; sub += kChunk) {
     const int m = std::min(kChunk, n - sub);
-    const float* alpha = sub == 0 ? &sc.alpha[r0] : sc.ones.data();  // rescale once per segment
+    const float* alpha = sub == 0 ? &sc.rows.alpha[r0] : sc.ones.data();  // rescale once per segment
     // Next: the following V rows (two steps' worth), or after the last the next segment's first K rows.
     const int ahead = std::min(2 * kChunk, n - sub - kChunk);
     if (ahead > 0) PrefetchRows(a.v, kv_start + c0 + sub + kChunk, ahead, vh);
@@ -159,19 +144,20 @@ void Segment(const DecodeArgs& a, const Geometry& g, const Item& it, int unit, i
 void InitRows(const DecodeArgs& a, const Geometry& g, const Item& it, int64_t n_kv, Scratch& sc) {
   const int h0 = it.u0 * g.group, rows = Rows(g, it);
   const AttentionVariant& var = a.variant;
-  sc.m.resize(rows);
-  sc.l.resize(rows);
-  sc.slope.resize(rows);
+  RowState& st = sc.rows;
+  st.m.resize(rows);
+  st.l.resize(rows);
+  st.slope.resize(rows);
   for (int h = 0; h < rows; ++h) {
     // The sink logit joins the softmax once per sequence: in split 0.
     const bool sink = var.sink_logits && it.split == 0;
-    sc.m[h] = sink ? var.sink_logits[h0 + h] : kNegInf;
-    sc.l[h] = sink ? 1.0f : 0.0f;
-    sc.slope[h] = var.alibi_slopes ? var.alibi_slopes[h0 + h] : 0.0f;
+    st.m[h] = sink ? var.sink_logits[h0 + h] : kNegInf;
+    st.l[h] = sink ? 1.0f : 0.0f;
+    st.slope[h] = var.alibi_slopes ? var.alibi_slopes[h0 + h] : 0.0f;
   }
-  sc.alpha.assign(rows, 1.0f);
-  sc.pos.assign(rows, n_kv - 1);
-  sc.bounds.assign(rows, VariantMask(var, 1, n_kv).Row(0));
+  st.alpha.assign(rows, 1.0f);
+  st.pos.assign(rows, n_kv - 1);
+  st.bounds.assign(rows, VariantMask(var, 1, n_kv).Row(0));
   sc.o.assign(size_t(rows) * g.dv, 0.0f);
   sc.s.resize(size_t(rows) * kSegment);
   sc.ones.assign(g.group, 1.0f);
@@ -183,7 +169,7 @@ void RunItem(const DecodeArgs& a, const Geometry& g, const Item& it, int64_t kv_
   Scratch& sc = ThreadScratch();
   LoadQueries(a, g, it, sc);
   InitRows(a, g, it, n_kv, sc);
-  const KeyInterval rows = sc.bounds[0];
+  const KeyInterval rows = sc.rows.bounds[0];
   for (int64_t c0 = it.k0; c0 < it.k1; c0 += kSegment) {
     // Skip chunks the variant hides entirely (sliding windows read only their window).
     const bool in_window = c0 + kSegment > rows.lo && c0 <= rows.hi;
@@ -191,10 +177,10 @@ void RunItem(const DecodeArgs& a, const Geometry& g, const Item& it, int64_t kv_
     for (int u = it.u0; u < it.u1; ++u) Segment(a, g, it, u, kv_start, n_kv, c0, sc);
   }
   for (int h = 0; h < Rows(g, it); ++h) {
-    const float l = sc.l[h], inv = l > 0 ? 1.0f / l : 0.0f;
+    const float inv = sc.rows.OutputScale(h);
     float* o = out + h * out_row_stride;
     for (int j = 0; j < g.dv; ++j) o[j] = sc.o[size_t(h) * g.dv + j] * inv;
-    if (lse) lse[h * lse_stride] = l > 0 ? sc.m[h] + std::log(l) : kNegInf;
+    if (lse) lse[h * lse_stride] = sc.rows.Lse(h);
   }
 }
 
@@ -211,8 +197,7 @@ void AttendDecode(const DecodeArgs& a, ThreadPool* pool_arg) {
   const HeadMap map = detail::CheckQkvOut(a.q, a.k, a.v, a.out);
   detail::CheckVariant(a.variant);
   const int batch = int(a.q.shape[0]);
-  const auto cu = detail::CheckOffsets(a.cu_seqlens_kv.empty() && batch != 1 ? std::vector<int64_t>{} : a.cu_seqlens_kv,
-                                       a.k.shape[0], "cu_seqlens_kv");
+  const auto cu = detail::CheckOffsets(a.cu_seqlens_kv, a.k.shape[0], "cu_seqlens_kv");
   if (int(cu.size()) - 1 != batch)
     throw InvalidArgument("decode has " + std::to_string(batch) + " query tokens but cu_seqlens_kv describes " +
                           std::to_string(cu.size() - 1) + " sequences");

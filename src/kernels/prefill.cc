@@ -9,6 +9,7 @@
 #include "core/aligned_buffer.h"
 #include "kernels/attention.h"
 #include "kernels/checks.h"
+#include "kernels/row_state.h"
 #include "kernels/tile_ops.h"
 #include "kernels/variant_mask.h"
 
@@ -46,19 +47,10 @@ struct PackedKV {
   }
 };
 
-// Reads element i of a row as f32, or as raw bf16 bits for the bf16 path.
-float LoadF32(const void* row, DType t, int i) {
-  switch (t) {
-    case DType::kF32: return static_cast<const float*>(row)[i];
-    case DType::kBF16: return BF16ToF32(static_cast<const BF16*>(row)[i]);
-    case DType::kF16: return F16ToF32(static_cast<const F16*>(row)[i]);
-  }
-  return 0;
-}
-
 void PackKBlock(const TensorView& k, const Sequence& seq, int head, int b, const PackedKV& pk, void* dst) {
   const int64_t first = seq.kv_start + int64_t(b) * pk.kv_block;
   const int keys = int(std::min<int64_t>(pk.kv_block, seq.n_kv - int64_t(b) * pk.kv_block));
+  std::vector<float> row32(pk.bf16 ? 0 : pk.d);  // [d] one key widened, f32 path
   for (int c = 0; c < keys; ++c) {
     const void* row = k.at(first + c, head);
     if (pk.bf16) {
@@ -66,8 +58,9 @@ void PackKBlock(const TensorView& k, const Sequence& seq, int head, int b, const
       uint16_t* out = static_cast<uint16_t*>(dst);
       for (int i = 0; i < pk.d; ++i) out[size_t(i / 2) * pk.kv_block * 2 + c * 2 + i % 2] = src[i];
     } else {
+      ConvertToF32(row, k.dtype, row32.data(), size_t(pk.d));
       float* out = static_cast<float*>(dst);
-      for (int i = 0; i < pk.d; ++i) out[size_t(i) * pk.kv_block + c] = LoadF32(row, k.dtype, i);
+      for (int i = 0; i < pk.d; ++i) out[size_t(i) * pk.kv_block + c] = row32[i];
     }
   }
 }
@@ -112,10 +105,7 @@ struct Scratch {
   std::vector<uint16_t> q16;       // [rows, d_pad]    bf16 path
   std::vector<float> s;            // [rows, kv_block] logits, then probabilities
   std::vector<float> o;            // [rows, dv_pad]   unnormalised output
-  std::vector<float> m, l, alpha;  // [rows]
-  std::vector<float> slope;        // [rows]
-  std::vector<int64_t> pos;        // [rows]
-  std::vector<KeyInterval> bounds; // [rows]
+  RowState rows;                   // softmax state of the block's rows
 };
 
 Scratch& ThreadScratch() {
@@ -146,15 +136,16 @@ void LoadQueries(const Context& cx, const Sequence& seq, int qh, int64_t r0, int
 void InitRows(const Context& cx, const Sequence& seq, int qh, int64_t r0, int rows, Scratch& sc) {
   const AttentionVariant& var = cx.args.variant;
   const float sink = var.sink_logits ? var.sink_logits[qh] : kNegInf;
-  sc.m.assign(rows, sink);
-  sc.l.assign(rows, var.sink_logits ? 1.0f : 0.0f);
-  sc.alpha.assign(rows, 1.0f);
-  sc.slope.assign(rows, var.alibi_slopes ? var.alibi_slopes[qh] : 0.0f);
-  sc.pos.resize(rows);
-  for (int r = 0; r < rows; ++r) sc.pos[r] = r0 + r + (seq.n_kv - seq.n_q);
+  RowState& st = sc.rows;
+  st.m.assign(rows, sink);
+  st.l.assign(rows, var.sink_logits ? 1.0f : 0.0f);
+  st.alpha.assign(rows, 1.0f);
+  st.slope.assign(rows, var.alibi_slopes ? var.alibi_slopes[qh] : 0.0f);
+  st.pos.resize(rows);
+  for (int r = 0; r < rows; ++r) st.pos[r] = r0 + r + (seq.n_kv - seq.n_q);
+  st.bounds.resize(rows);
   sc.o.assign(size_t(rows) * cx.pk.dv_pad, 0.0f);
   sc.s.resize(size_t(rows) * cx.pk.kv_block);
-  sc.bounds.resize(rows);
 }
 
 // One KV block of one query block: QK, masked online softmax, PV.
@@ -176,29 +167,15 @@ void AttendBlock(const Context& cx, const Sequence& seq, int qh, int64_t r0, int
   const VariantMask mask(var, seq.n_q, seq.n_kv);
   const bool needs_mask = partial || !mask.BlockFullyVisible(r0, r0 + rows, c0, c0 + cols);
   if (needs_mask)
-    for (int r = 0; r < rows; ++r) sc.bounds[r] = mask.Row(r0 + r);
-  tile::SoftmaxStep step;
-  step.s = sc.s.data();
-  step.rows = rows;
-  step.cols = cols;
-  step.s_stride = pk.kv_block;
-  step.key_start = c0;
-  step.scale = cx.scale;
-  step.softcap = var.softcap;
-  step.alibi = var.alibi_slopes ? sc.slope.data() : nullptr;
-  step.pos = sc.pos.data();
-  step.bounds = needs_mask ? sc.bounds.data() : nullptr;
-  step.m = sc.m.data();
-  step.l = sc.l.data();
-  step.alpha = sc.alpha.data();
-  tile::SoftmaxUpdate(step);
+    for (int r = 0; r < rows; ++r) sc.rows.bounds[r] = mask.Row(r0 + r);
+  sc.rows.Step(sc.s.data(), 0, rows, cols, pk.kv_block, c0, cx.scale, var, needs_mask);
 
   if (pk.bf16)
     tile::PvBf16(sc.s.data(), rows, RoundUp(cols, 2), pk.kv_block, static_cast<const uint16_t*>(pk.VBlock(vh, global)),
-                 pk.dv_pad, sc.o.data(), sc.alpha.data());
+                 pk.dv_pad, sc.o.data(), sc.rows.alpha.data());
   else
     tile::PvF32(sc.s.data(), rows, cols, pk.kv_block, static_cast<const float*>(pk.VBlock(vh, global)), pk.dv_pad,
-                sc.o.data(), sc.alpha.data());
+                sc.o.data(), sc.rows.alpha.data());
 }
 
 void StoreRows(const Context& cx, const Sequence& seq, int qh, int64_t r0, int rows, const Scratch& sc) {
@@ -206,10 +183,9 @@ void StoreRows(const Context& cx, const Sequence& seq, int qh, int64_t r0, int r
   for (int r = 0; r < rows; ++r) {
     const int64_t t = seq.q_start + r0 + r;
     float* out = cx.args.out.at<float>(t, qh);
-    const float l = sc.l[r];
-    const float inv = l > 0 ? 1.0f / l : 0.0f;
+    const float inv = sc.rows.OutputScale(r);
     for (int j = 0; j < dv; ++j) out[j] = sc.o[size_t(r) * cx.pk.dv_pad + j] * inv;
-    if (cx.args.lse) cx.args.lse[t * h_q + qh] = l > 0 ? sc.m[r] + std::log(l) : kNegInf;
+    if (cx.args.lse) cx.args.lse[t * h_q + qh] = sc.rows.Lse(r);
   }
 }
 

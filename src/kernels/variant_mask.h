@@ -48,10 +48,6 @@ class VariantMask {
     return in_window || c1 - 1 <= first.sink_hi;
   }
 
-  // True when no element anywhere needs masking (and no per-element logit change is needed).
-  bool Trivial() const {
-    return !v_.causal && v_.window_left < 0 && v_.window_right < 0;
-  }
 
  private:
   const AttentionVariant& v_;
