@@ -7,7 +7,10 @@ packages=(
   libhwy-dev            # SIMD with runtime dispatch
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev
+  libopenblas-dev libdnnl-dev  # plain GEMMs of the model runtime (measured against each other)
+  libpcre2-dev          # Unicode regexes of byte-level BPE pre-tokenizers
   python3 python3-numpy # independent .npy writer/reader in CLI tests
+  python3-torch         # independent PyTorch reference of each model architecture
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Quick start, first command: install, build, and run the main job (the attention benchmark at
-# its default shape: prefill, 32 query / 8 KV heads, head dim 128, 4096 tokens). Extra arguments
-# are passed to `qattn bench attention`.
+# Quick start, first command: install, build, and run the main job: generate text with the shipped
+# model (stories260K, a real 260K-parameter Llama trained on TinyStories). Extra arguments are passed
+# to `qattn run`; without any, it continues "Once upon a time" greedily for 200 tokens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
-./build/qattn bench attention "$@"
+if (($# == 0)); then
+  set -- -p "Once upon a time" -n 200 --temp 0
+fi
+./build/qattn run "$@"

@@ -32,6 +32,17 @@ struct Command {
 Command AddAttendCommand(CLI::App& parent);
 // `bench` with its subcommands `attention` and `peak`.
 std::vector<Command> AddBenchCommands(CLI::App& parent);
+// `inspect MODEL`: a model file's metadata and tensors (cmd_inspect.cc).
+Command AddInspectCommand(CLI::App& parent);
+
+// Model runtime commands: run, eval {ppl,kl,logits}, gen-model, and `bench model` (under bench).
+Command AddRunCommand(CLI::App& parent);
+std::vector<Command> AddEvalCommands(CLI::App& parent);
+Command AddGenModelCommand(CLI::App& parent);
+Command AddBenchModelCommand(CLI::App& bench);
+
+// `tokenize`: text -> token ids (or ids -> text with --decode) with a model's tokenizer (cmd_tokenize.cc).
+Command AddTokenizeCommand(CLI::App& parent);
 
 // Threads to use for a --threads value: 0 means every hardware thread.
 int ResolveThreads(int requested);

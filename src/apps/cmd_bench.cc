@@ -371,9 +371,9 @@ Command AddAttentionBenchCommand(CLI::App& bench) {
 }  // namespace
 
 std::vector<Command> AddBenchCommands(CLI::App& parent) {
-  CLI::App* bench = parent.add_subcommand("bench", "Benchmarks: attention kernel timing and machine peak.");
+  CLI::App* bench = parent.add_subcommand("bench", "Benchmarks: attention kernels, whole models, machine peak.");
   bench->require_subcommand(1);
-  return {AddAttentionBenchCommand(*bench), AddPeakCommand(*bench)};
+  return {AddAttentionBenchCommand(*bench), AddPeakCommand(*bench), AddBenchModelCommand(*bench)};
 }
 
 }  // namespace qattn

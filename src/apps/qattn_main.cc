@@ -11,6 +11,7 @@
 #include "core/cpu_features.h"
 #include "eval/npy.h"
 #include "kernels/attention.h"
+#include "model/gguf.h"
 
 #ifndef QATTN_VERSION
 #define QATTN_VERSION "0.0.0"
@@ -89,6 +90,8 @@ int RunCommand(CLI::App& app, const Command& command) {
     return Fail(app, kExitBadInput, e.what());
   } catch (const NpyError& e) {
     return Fail(app, kExitBadInput, e.what());
+  } catch (const model::ModelFileError& e) {
+    return Fail(app, kExitBadInput, e.what());
   } catch (const InvalidArgument& e) {
     return Fail(app, kExitBadInput, std::string("the kernel rejected the input: ") + e.what());
   } catch (const std::bad_alloc&) {
@@ -113,6 +116,12 @@ int main(int argc, char** argv) {
       ->type_name("ISA");
   std::vector<Command> commands = {AddAttendCommand(app)};
   for (Command& c : AddBenchCommands(app)) commands.push_back(c);
+  // Model commands (each helper registers its own here).
+  commands.push_back(AddTokenizeCommand(app));
+  commands.push_back(AddInspectCommand(app));
+  commands.push_back(AddRunCommand(app));
+  for (Command& c : AddEvalCommands(app)) commands.push_back(c);
+  commands.push_back(AddGenModelCommand(app));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
