@@ -7,7 +7,7 @@ packages=(
   libhwy-dev            # SIMD with runtime dispatch
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev
-  libopenblas-dev libdnnl-dev  # plain GEMMs of the model runtime (measured against each other)
+  libdnnl-dev           # oneDNN: the plain GEMMs of the model runtime (faster here than OpenBLAS)
   libpcre2-dev          # Unicode regexes of byte-level BPE pre-tokenizers
   python3 python3-numpy # independent .npy writer/reader in CLI tests
   python3-torch         # independent PyTorch reference of each model architecture

@@ -94,6 +94,8 @@ int RunCommand(CLI::App& app, const Command& command) {
     return Fail(app, kExitBadInput, e.what());
   } catch (const InvalidArgument& e) {
     return Fail(app, kExitBadInput, std::string("the kernel rejected the input: ") + e.what());
+  } catch (const std::invalid_argument& e) {  // the runtime's checks of what it was asked to do
+    return Fail(app, kExitBadInput, e.what());
   } catch (const std::bad_alloc&) {
     return Fail(app, kExitBadInput, "not enough memory for this input");
   } catch (const std::exception& e) {
