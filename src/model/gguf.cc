@@ -1,5 +1,8 @@
 // GgufFile: owns the file's bytes (a read-only mapping, or a buffer for converted files) and the parsed
 // header, and answers typed metadata and tensor lookups with errors that name the file and the key.
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <string>
 #include <unordered_map>
 
@@ -152,6 +155,14 @@ const GgufTensorInfo& GgufFile::RequireTensor(std::string_view name, const std::
 
 const uint8_t* GgufFile::TensorData(const GgufTensorInfo& info) const {
   return impl_->bytes + impl_->parsed.data_offset + info.offset;  // bounds checked when parsed
+}
+
+void GgufFile::ReleaseTensorData(const GgufTensorInfo& info) const {
+  if (impl_->mapped.size() == 0) return;  // bytes held in memory (FromBytes): nothing to release
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = uintptr_t(TensorData(info));
+  const uintptr_t first = (begin + page - 1) / page * page, last = (begin + info.bytes) / page * page;
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);  // a hint
 }
 
 }  // namespace qattn::model

@@ -103,6 +103,9 @@ class GgufFile {
   const GgufTensorInfo& RequireTensor(std::string_view name, const std::vector<uint64_t>& expected_dims = {}) const;
   // Raw bytes of a tensor [info.bytes], inside the mapping (valid while this object lives).
   const uint8_t* TensorData(const GgufTensorInfo& info) const;
+  // Says a tensor's bytes will not be read again: the mapped pages wholly inside it leave memory
+  // (reading it again re-reads the file). Lets a loader that copies weights keep one copy resident.
+  void ReleaseTensorData(const GgufTensorInfo& info) const;
 
  private:
   struct Impl;

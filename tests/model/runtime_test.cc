@@ -182,3 +182,18 @@ TEST(Sampler, SameSeedSameTokens) {
 
 }  // namespace
 }  // namespace qattn::model
+
+namespace qattn::model {
+namespace {
+
+// Loading releases each tensor's pages once copied; reading the tensor again must re-read the file.
+TEST(GgufRelease, ReleasedTensorsReadTheSameBytesAgain) {
+  const GgufFile file = GgufFile::Open(std::string(QATTN_MODELS_DIR) + "/stories260K/stories260K.gguf");
+  const GgufTensorInfo& t = file.RequireTensor("token_embd.weight");
+  const std::vector<uint8_t> before(file.TensorData(t), file.TensorData(t) + t.bytes);
+  file.ReleaseTensorData(t);
+  EXPECT_TRUE(std::equal(before.begin(), before.end(), file.TensorData(t)));
+}
+
+}  // namespace
+}  // namespace qattn::model

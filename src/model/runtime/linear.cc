@@ -81,6 +81,7 @@ Linear Linear::FromTensors(const GgufFile& file, const std::vector<const GgufTen
   uint8_t* dst = l.weights_.as<uint8_t>();
   for (const GgufTensorInfo* p : parts) {
     AppendRows(file, *p, l.dtype_, dst);
+    file.ReleaseTensorData(*p);  // the copy is what runs: keep one copy of the weights resident
     dst += p->dims[0] * p->dims[1] * DTypeSize(l.dtype_);
   }
   if (!biases.empty()) {
