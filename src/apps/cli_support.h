@@ -40,6 +40,8 @@ Command AddRunCommand(CLI::App& parent);
 std::vector<Command> AddEvalCommands(CLI::App& parent);
 Command AddGenModelCommand(CLI::App& parent);
 Command AddBenchModelCommand(CLI::App& bench);
+// `bench sparse`: a sparse prefill method against dense.
+Command AddBenchSparseCommand(CLI::App& bench);
 
 // `tokenize`: text -> token ids (or ids -> text with --decode) with a model's tokenizer (cmd_tokenize.cc).
 Command AddTokenizeCommand(CLI::App& parent);

@@ -373,7 +373,8 @@ Command AddAttentionBenchCommand(CLI::App& bench) {
 std::vector<Command> AddBenchCommands(CLI::App& parent) {
   CLI::App* bench = parent.add_subcommand("bench", "Benchmarks: attention kernels, whole models, machine peak.");
   bench->require_subcommand(1);
-  return {AddAttentionBenchCommand(*bench), AddPeakCommand(*bench), AddBenchModelCommand(*bench)};
+  return {AddAttentionBenchCommand(*bench), AddPeakCommand(*bench), AddBenchModelCommand(*bench),
+          AddBenchSparseCommand(*bench)};
 }
 
 }  // namespace qattn

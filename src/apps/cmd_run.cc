@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <random>
 
@@ -23,6 +24,7 @@ struct RunOptions {
   int64_t seed = -1;
   bool no_stats = false;
   bool print_ids = false;  // token ids instead of text (for comparisons with other implementations)
+  std::string dump_qkv;    // directory for each layer's prefill Q/K/V
 };
 
 // Prints one token as text, or as its id when --print-ids is given.
@@ -72,7 +74,11 @@ int Run(RunOptions& o) {
                      std::to_string(ctx) + " (raise --ctx)");
   }
   model::KvCache cache(transformer.config(), ctx, o.runtime.KvDtypeFor(transformer));
-  auto attention = o.runtime.MakeAttention();
+  std::unique_ptr<model::AttentionPolicy> attention = o.runtime.MakeAttention();
+  if (!o.dump_qkv.empty()) {
+    if (!std::filesystem::is_directory(o.dump_qkv)) throw UsageError("--dump-qkv: '" + o.dump_qkv + "' is not a directory");
+    attention = model::WithQkvDump(std::move(attention), o.dump_qkv);
+  }
   o.sampling.seed = o.seed >= 0 ? uint64_t(o.seed) : std::random_device{}();
 
   TokenPrinter printer{*m.tokenizer, o.print_ids};
@@ -116,6 +122,8 @@ Command AddRunCommand(CLI::App& parent) {
   cmd->add_option("--repeat-last-n", o->sampling.repeat_last_n, "how many recent tokens are penalised (default 64)")->type_name("N");
   cmd->add_option("--seed,-s", o->seed, "random seed; -1 = random (default)")->type_name("S");
   cmd->add_flag("--no-stats", o->no_stats, "do not print the speed line on stderr");
+  cmd->add_option("--dump-qkv", o->dump_qkv, "write each layer's prefill Q/K/V (post-RoPE) to DIR/layerL_{q,k,v}.npy")
+      ->type_name("DIR");
   cmd->add_flag("--print-ids", o->print_ids, "print the token ids (prompt and generated) instead of text");
   o->runtime.AddTo(*cmd);
   return {cmd, [o] { return Run(*o); }};

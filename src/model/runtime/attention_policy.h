@@ -26,10 +26,18 @@ class AttentionPolicy {
   virtual ~AttentionPolicy() = default;
   virtual std::string name() const = 0;
   virtual void Attend(const LayerAttention& call, ThreadPool* pool) = 0;
+  // Sparse prefill methods see the whole prompt at once: the runtime then prefills in one chunk.
+  virtual bool wants_whole_prompt() const { return false; }
 };
 
-// Parses a policy spec "NAME[:k=v,...]". Only "dense" exists so far; anything else is an error
-// (std::invalid_argument naming the known policies).
+// Parses a policy spec "NAME[:k=v,...]": "dense", or any sparse prefill method of
+// src/methods/sparse_prefill (used for a prompt's prefill; decode and later chunks stay dense).
+// Anything else is an error (std::invalid_argument naming the known policies).
 std::unique_ptr<AttentionPolicy> MakeAttentionPolicy(const std::string& spec);
+
+// Wraps a policy so that each layer's prefill writes its post-RoPE inputs to
+// DIR/layer{L}_{q,k,v}.npy ([n, H, d] float32) before attending: real-model inputs for
+// `qattn bench sparse --input DIR`. The prompt is then prefilled in one chunk.
+std::unique_ptr<AttentionPolicy> WithQkvDump(std::unique_ptr<AttentionPolicy> inner, const std::string& dir);
 
 }  // namespace qattn::model

@@ -20,6 +20,7 @@ void ForEachLogitChunk(const Transformer& model, AttentionPolicy& attention, DTy
                        const std::function<void(int64_t, int64_t, const float*)>& on_logits, ThreadPool* pool) {
   if (ctx < 2 || batch < 1) throw std::invalid_argument("the context must hold at least 2 tokens and the batch 1");
   KvCache cache(model.config(), ctx, kv_dtype);
+  if (attention.wants_whole_prompt()) batch = int(ctx);  // each window is one prefill
   const int n_vocab = model.config().n_vocab;
   std::vector<float> logits;  // [chunk, n_vocab]
   for (int64_t window = 0; window < int64_t(tokens.size()); window += ctx) {

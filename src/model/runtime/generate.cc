@@ -12,6 +12,7 @@ double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::n
 void Prefill(const Transformer& model, KvCache& cache, AttentionPolicy& attention, const std::vector<int32_t>& tokens,
              int batch, float* last_logits, ThreadPool* pool) {
   if (batch < 1) throw std::invalid_argument("the batch size must be at least 1");
+  if (attention.wants_whole_prompt()) batch = int(std::max<size_t>(tokens.size(), 1));
   for (size_t start = 0; start < tokens.size(); start += batch) {
     const int64_t n = std::min<int64_t>(batch, int64_t(tokens.size() - start));
     const bool last = start + n == tokens.size();
