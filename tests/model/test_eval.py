@@ -116,6 +116,31 @@ class Eval(unittest.TestCase):
         self.assert_bad(["eval", "ppl"], "exactly one")
 
 
+    def test_sparse_policy_and_dump(self):
+        # A sparse method as the runtime's attention policy: every block kept equals dense.
+        out = json.loads(qattn("eval", "kl", "-m", self.stories, "--ids", " ".join(map(str, self.ids)),
+                               "--attention", "dense_blocks:block=16", "--json").stdout)
+        self.assertLess(out["mean_kl"], 1e-9)
+        self.assertEqual(out["top1_agreement"], 1.0)
+        self.assert_bad(["eval", "kl", "--self-generate", "10", "--attention", "flexprefil:gamma=0.9"], "flexprefil")
+        with tempfile.TemporaryDirectory() as tmp:
+            qattn("run", "-m", self.stories, "-p", "Once upon a time, there was a dog.", "-n", 2, "--temp", 0,
+                  "--dump-qkv", tmp, "--no-stats")
+            q = np.load(os.path.join(tmp, "layer3_q.npy"))
+            k = np.load(os.path.join(tmp, "layer3_k.npy"))
+            self.assertEqual(q.shape[1:], (8, 8))
+            self.assertEqual(k.shape[1:], (4, 8))
+            self.assertEqual(q.shape[0], k.shape[0])
+            # The dump is a valid bench input; all blocks kept must reproduce dense.
+            rep = json.loads(qattn("bench", "sparse", "--method", "dense_blocks:block=16", "--input", tmp,
+                                   "--layer", 3, "--json", "--dtype", "f32", "--repeats", 1).stdout)
+            for key in ("select_seconds", "attend_seconds", "dense_seconds", "speedup", "density",
+                        "mean_kept_mass", "min_kept_mass", "output_rel_error"):
+                self.assertIn(key, rep)
+            self.assertEqual(rep["density"], 1.0)
+            self.assertLess(rep["output_rel_error"], 1e-5)
+
+
 if __name__ == "__main__":
     QATTN, MODELS = sys.argv[1], sys.argv[2]
     unittest.main(argv=sys.argv[:1], verbosity=2)
