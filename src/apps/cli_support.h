@@ -42,6 +42,8 @@ Command AddGenModelCommand(CLI::App& parent);
 Command AddBenchModelCommand(CLI::App& bench);
 // `bench sparse`: a sparse prefill method against dense.
 Command AddBenchSparseCommand(CLI::App& bench);
+// `report sparse`: the HTML comparison of sparse prefill methods.
+std::vector<Command> AddReportCommands(CLI::App& parent);
 
 // `tokenize`: text -> token ids (or ids -> text with --decode) with a model's tokenizer (cmd_tokenize.cc).
 Command AddTokenizeCommand(CLI::App& parent);

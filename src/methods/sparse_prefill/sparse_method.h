@@ -96,6 +96,9 @@ struct MethodInfo {
   std::string name;
   std::string summary;  // one line for --help and reports
   MethodFactory make;
+  // Option strings of a budget sweep for reports, e.g. {"gamma=0.8", "gamma=0.9", "gamma=0.95"};
+  // empty: the defaults only.
+  std::vector<std::string> budgets = {};
 };
 
 // The registry: one list drives the CLI, the runtime policies, tests and benchmarks.
