@@ -637,6 +637,22 @@ TEST(SelectorsS1FlexPrefill, StructureRecallAndFallback) {
         if (sel.grid.at(h, r, c)) {
           ASSERT_TRUE(u.grid.at(h / 4, r, c));
         }
+  // The covers [ours] only add blocks: superset of the faithful selection, and of the columns
+  // holding the heaviest vertical tokens of each vertical-slash head.
+  prm.union_groups = false;
+  FlexPrefillParams covered = prm;
+  covered.token_cover = covered.slash_cover = true;
+  const FlexPrefillSelection cov = SelectFlexPrefill(in.problem, covered, &pool);
+  size_t added = 0;
+  for (int h = 0; h < w.hq; ++h)
+    for (int r = 0; r < nb; ++r)
+      for (int c = 0; c <= r; ++c) {
+        if (sel.grid.at(h, r, c)) {
+          ASSERT_TRUE(cov.grid.at(h, r, c)) << "head " << h << " block " << r << "," << c;
+        }
+        added += cov.grid.at(h, r, c) && !sel.grid.at(h, r, c);
+      }
+  EXPECT_GT(added, 0u) << "the covers should reach blocks the faithful selection misses on structured input";
   // Short input (n <= max(2b, minB * b) = 1024): dense, bit for bit.
   const OwnedProblem small = StructuredProblem(1024, 4, 2, 64, DType::kBF16, 2);
   EXPECT_TRUE(SelectFlexPrefill(small.problem, FlexPrefillParams{}, &pool).dense_fallback);

@@ -20,6 +20,7 @@ struct FlexPrefillParams {
   int64_t max_budget = 0;     // tokens; 0: unbounded
   bool union_groups = false;  // OR the G heads of a KV group (a superset; shares KV loads)
   bool slash_cover = false;   // [ours] add the neighbouring bands a pooled slash band's diagonals cross
+  bool token_cover = false;   // [ours] also keep the block column of every vertical cover token
 };
 struct FlexPrefillHead {
   double distance = 0.0;  // sqrt(JSD(pooled estimate, true block distribution))

@@ -70,10 +70,13 @@ double PatternDistance(const FlexContext& cx, int h, const std::vector<float>& v
 // Step 8: the top-nv block columns and top-ns block diagonals (bands, with their neighbours under
 // slash_cover), marked in every row and clipped to c <= r.
 void MarkSkeleton(const FlexContext& cx, std::vector<float>& vert_blocks, std::vector<float>& slash_blocks, int nv,
-                  int ns, BlockGrid& grid, int h) {
+                  int ns, const std::vector<int32_t>& extra_columns, BlockGrid& grid, int h) {
   vert_blocks[0] = kInf;                                                     // always the first key block (sinks)
   slash_blocks[cx.nb - 1] = kInf;                                            // always the diagonal band
-  const std::vector<int32_t> columns = TopK(vert_blocks.data(), cx.nb, nv);  // ascending
+  std::vector<int32_t> columns = TopK(vert_blocks.data(), cx.nb, nv);        // ascending
+  columns.insert(columns.end(), extra_columns.begin(), extra_columns.end());
+  std::sort(columns.begin(), columns.end());
+  columns.erase(std::unique(columns.begin(), columns.end()), columns.end());
   std::vector<uint8_t> band(cx.nb, 0);                                       // [nb] by offset
   for (int32_t idx : TopK(slash_blocks.data(), cx.nb, ns)) {
     const int offset = cx.nb - 1 - idx;
@@ -142,7 +145,19 @@ void SelectHead(const FlexContext& cx, int h, ProbabilitySlab& slab, BlockGrid& 
   out.distance = PatternDistance(cx, h, vert_blocks);
   out.query_aware = out.distance < cx.prm.tau;
   if (out.query_aware) out.nv = out.ns = std::min(cx.min_blocks, cx.max_blocks);
-  MarkSkeleton(cx, vert_blocks, slash_blocks, out.nv, out.ns, grid, h);
+  // token_cover [ours]: the official budget turns T_v cover tokens into T_v / b + 1 blocks, chosen by
+  // block mass; scattered vertical tokens then fall outside them (spec pitfall 2). Keep the block
+  // columns of the heaviest cover tokens as well, at most 2 x min_budget blocks of them, so a head
+  // whose cover is spread thin does not turn dense.
+  std::vector<int32_t> cover_columns;
+  if (cx.prm.token_cover && !out.query_aware) {
+    const int64_t tokens = std::min<int64_t>({out.vertical_tokens, n, int64_t(8) * cx.min_blocks});
+    for (int32_t j : TopK(vert.data(), n, tokens)) {
+      if (std::find(cover_columns.begin(), cover_columns.end(), j / b) == cover_columns.end()) cover_columns.push_back(j / b);
+      if (int(cover_columns.size()) == 2 * cx.min_blocks) break;
+    }
+  }
+  MarkSkeleton(cx, vert_blocks, slash_blocks, out.nv, out.ns, cover_columns, grid, h);
   if (out.query_aware) MarkQueryAware(cx, grid, h);
 }
 
@@ -199,7 +214,7 @@ class FlexPrefill final : public SparsePrefillMethod {
     return "flexprefill:block=" + std::to_string(prm_.block) + ",gamma=" + OptionNumber(prm_.gamma) +
            ",tau=" + OptionNumber(prm_.tau) + ",min_budget=" + std::to_string(prm_.min_budget) +
            ",max_budget=" + std::to_string(prm_.max_budget) + ",union=" + std::to_string(int(prm_.union_groups)) +
-           ",slash_cover=" + std::to_string(int(prm_.slash_cover));
+           ",slash_cover=" + std::to_string(int(prm_.slash_cover)) + ",token_cover=" + std::to_string(int(prm_.token_cover));
   }
   std::string granularity() const override {
     return prm_.union_groups ? "per KV group: union of the group's per-query-head block sets (a superset)"
@@ -238,6 +253,7 @@ MethodInfo FlexPrefillMethod() {
             prm.max_budget = o.Int("max_budget", prm.max_budget);
             prm.union_groups = o.Int("union", 0) != 0;
             prm.slash_cover = o.Int("slash_cover", 0) != 0;
+            prm.token_cover = o.Int("token_cover", 0) != 0;
             if (prm.block < 16 || prm.block % 16 != 0 || prm.block > 1024)
               throw std::invalid_argument("flexprefill: block must be a multiple of 16 in [16, 1024]");
             if (prm.gamma < 0 || prm.gamma > 1) throw std::invalid_argument("flexprefill: gamma must be in [0, 1]");
