@@ -352,8 +352,8 @@ TEST_P(LemmaPerRow, ErrorWithinTwiceTheDroppedMass) {
 INSTANTIATE_TEST_SUITE_P(SelectorsS1, LemmaPerRow,
                          ::testing::Values("vertical_slash:vertical_size=40,slash_size=200",
                                            "flexprefill:min_budget=256,block=64", "flexprefill:min_budget=256,tau=1",
-                                           "bsa_topk:topk=4", "bsa_topk:p=0.8,sink=1,union=1", "sale:tau=0.01",
-                                           "sale:tau=0.01,quant=2,block_k=64"));
+                                           "bsa_topk:topk=4", "bsa_topk:p=0.8,sink=1,union=1", "sale:tau=0.01,dense_below=1024",
+                                           "sale:tau=0.01,quant=2,block_k=64,dense_below=1024"));
 
 // ---------------------------------------------------------------------------------------------
 // A-shape

@@ -79,7 +79,7 @@ struct SaleParams {
   std::vector<double> head_tau;  // [H_q] calibrated thresholds; overrides tau when set
   int quant_mode = 3;            // 3: per 16-row tile of Q' and per key block of K'; 2: per token
   bool exact_estimate = false;   // estimate with exact f32 logits (the recall oracle, spec 2.8)
-  int64_t dense_below = 1024;    // n <= this: dense (the official SDPA fallback)
+  int64_t dense_below = 1024;    // n <= this: dense (the official SDPA fallback; the method's default is 4096)
 };
 struct SaleSelection {
   bool dense_fallback = false;

@@ -14,8 +14,8 @@
 // (as the code); energy mode uses the mass *before* a block (exclusive cumulative sum), so the most
 // important block is never skipped (the inclusive reading would skip a block holding > 90% mass).
 // Pooling is over true counts (spec 6.7 pitfall 1), so the last partial group's bias is log(count).
-// Short inputs (n <= min_n, default 2048) run dense: estimator, pyramid and the second pass cost more
-// than they save there (measured 0.5-0.6x of dense at n = 1024-2048, about 1x at 4096).
+// Short inputs (n <= min_n, default 4096) run dense: estimator, pyramid and the second pass cost more
+// than they save there (measured 0.5-0.6x of dense at n = 1024-4096 on a quiet machine).
 #include <algorithm>
 #include <chrono>
 #include <cmath>

@@ -401,7 +401,9 @@ MethodInfo SaleMethod() {
             prm.local_window = int(o.Int("local", prm.local_window));
             prm.segment = int(o.Int("segment", prm.segment));
             prm.quant_mode = int(o.Int("quant", prm.quant_mode));
-            prm.dense_below = o.Int("dense_below", prm.dense_below);
+            // The 4-bit estimate costs about half a dense pass on this CPU: below 4096 tokens it
+            // cannot pay for itself, so the method stays dense there (the official fallback is 1024).
+            prm.dense_below = o.Int("dense_below", 4096);
             const std::string estimate = o.String("estimate", "int4");
             if (estimate != "int4" && estimate != "exact")
               throw std::invalid_argument("sale: estimate must be int4 or exact");

@@ -123,7 +123,7 @@ struct PsaConfig {
   double bounds[4] = {0.05, 0.15, 0.25, 0.5};  // upper ends of levels 1, 2, 4, 8; the rest is skipped
   bool sim = false;            // similarity cap (spec 6.1 step 5)
   double sim_thresholds[3] = {0.75, 0.7, 0.7};
-  int64_t min_n = 2048;        // n <= min_n: dense (the short-input fallback)
+  int64_t min_n = 4096;        // n <= min_n: dense (the short-input fallback)
 };
 // Levels per (query head, q block, kv block): [H_q, nb, nb], values 1, 2, 4, 8 or 0 (skip).
 std::vector<uint8_t> PsaLevels(const PrefillProblem& problem, const PsaConfig& config, ThreadPool* pool);
