@@ -55,7 +55,7 @@ class Draft final : public SparsePrefillMethod {
 }  // namespace
 
 std::vector<float> DraftMap(const PrefillProblem& p, int h, int block) {
-  const std::vector<float> q = MeanPoolF32(p.q, h, block), k = MeanPoolF32(p.k, h / p.group(), block);
+  const std::vector<float> q = MeanPoolRows(p.q, h, block), k = MeanPoolRows(p.k, h / p.group(), block);
   const int nb = int((p.n() + block - 1) / block), d = p.head_dim();
   const KeyPanel panel(k.data(), nb, d);
   const int64_t stride = RoundUp16(nb);

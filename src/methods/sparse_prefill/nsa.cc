@@ -95,14 +95,7 @@ Tensor NewState(const PrefillProblem& p) { return Tensor(DType::kF32, {p.n(), p.
 
 // Causal sliding-window attention over keys [t - w, t] on the core kernel.
 void WindowBranch(const PrefillProblem& p, int window, TensorView out, float* lse, ThreadPool* pool) {
-  PrefillArgs a;
-  a.q = p.q;
-  a.k = p.k;
-  a.v = p.v;
-  a.out = out;
-  a.lse = lse;
-  a.variant.scale = p.EffectiveScale();
-  a.variant.causal = true;
+  PrefillArgs a = CausalArgs(p, out, lse);
   a.variant.window_left = window;
   AttendPrefill(a, pool);
 }

@@ -18,22 +18,6 @@ std::vector<float> HeadRowsF32(const TensorView& t, int head, int64_t first, int
   return rows;
 }
 
-std::vector<float> MeanPoolF32(const TensorView& t, int head, int block) {
-  const int64_t n = t.dim(0), pooled = (n + block - 1) / block;
-  const int dim = int(t.dim(2));
-  std::vector<float> out(size_t(pooled) * dim, 0.0f), row(dim);  // [pooled, dim], [dim]
-  for (int64_t i = 0; i < n; ++i) {
-    ConvertToF32(t.at(i, head), t.dtype, row.data(), dim);
-    float* o = &out[size_t(i / block) * dim];
-    for (int c = 0; c < dim; ++c) o[c] += row[c];
-  }
-  for (int64_t b = 0; b < pooled; ++b) {
-    const float inv = 1.0f / float(std::min<int64_t>(block, n - b * block));
-    for (int c = 0; c < dim; ++c) out[size_t(b) * dim + c] *= inv;
-  }
-  return out;
-}
-
 KeyPanel::KeyPanel(const float* keys, int64_t count, int d) : d_(d), count_(count) {
   const int64_t tiles = (count + kTile - 1) / kTile;
   tiles_.assign(size_t(tiles) * d * kTile, 0.0f);
@@ -82,17 +66,6 @@ void SoftmaxRows(float* s, int rows, int64_t s_stride, const int64_t* visible, f
     float* row = s + int64_t(r) * s_stride;
     for (int64_t c = 0; c < s_stride; ++c) row[c] *= inv;
   }
-}
-
-std::vector<int32_t> TopK(const float* score, int32_t n, int32_t k) {
-  std::vector<int32_t> idx(n);
-  std::iota(idx.begin(), idx.end(), 0);
-  k = std::clamp(k, 0, n);
-  auto before = [&](int32_t a, int32_t b) { return score[a] > score[b] || (score[a] == score[b] && a < b); };
-  if (k < n) std::nth_element(idx.begin(), idx.begin() + k, idx.end(), before);
-  idx.resize(k);
-  std::sort(idx.begin(), idx.end());
-  return idx;
 }
 
 }  // namespace qattn::sparse

@@ -6,15 +6,13 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "methods/sparse_prefill/selection_stats.h"  // pooling and top-k, shared with the block selectors
 
 namespace qattn::sparse {
 
 // Rows [first, first + count) of one head as f32: [count, dim].
 std::vector<float> HeadRowsF32(const TensorView& t, int head, int64_t first, int64_t count);
 
-// Means over consecutive runs of `block` rows of one head; the last run is averaged over its true
-// length (spec 0.3): [ceil(n / block), dim].
-std::vector<float> MeanPoolF32(const TensorView& t, int head, int block);
 
 // Keys laid out for tile::QkF32: column tiles of kTile keys, each [d, kTile] (keys transposed,
 // zero beyond the last key).
@@ -41,8 +39,5 @@ int64_t RoundUp16(int64_t x);
 // (every other column becomes 0); lse[r] = log sum exp (-inf for a row with nothing visible, whose
 // probabilities are all 0). s: [rows, s_stride] with s_stride a multiple of 16.
 void SoftmaxRows(float* s, int rows, int64_t s_stride, const int64_t* visible, float scale, float* lse);
-
-// Indices of the k largest scores, ties broken toward the lower index, returned ascending.
-std::vector<int32_t> TopK(const float* score, int32_t n, int32_t k);
 
 }  // namespace qattn::sparse

@@ -137,7 +137,7 @@ std::unique_ptr<SparsePrefillMethod> MakeSparseMethod(const std::string& spec) {
   throw std::invalid_argument("unknown sparse method '" + name + "' (known: " + known + ")");
 }
 
-void AttendBlocks(const PrefillProblem& p, const BlockList& blocks, TensorView out, float* lse, ThreadPool* pool) {
+PrefillArgs CausalArgs(const PrefillProblem& p, TensorView out, float* lse) {
   PrefillArgs args;
   args.q = p.q;
   args.k = p.k;
@@ -146,20 +146,17 @@ void AttendBlocks(const PrefillProblem& p, const BlockList& blocks, TensorView o
   args.lse = lse;
   args.variant.scale = p.EffectiveScale();
   args.variant.causal = true;
+  return args;
+}
+
+void AttendBlocks(const PrefillProblem& p, const BlockList& blocks, TensorView out, float* lse, ThreadPool* pool) {
+  PrefillArgs args = CausalArgs(p, out, lse);
   args.blocks = &blocks;
   AttendPrefill(args, pool);
 }
 
 void DenseCausal(const PrefillProblem& p, TensorView out, float* lse, ThreadPool* pool) {
-  PrefillArgs args;
-  args.q = p.q;
-  args.k = p.k;
-  args.v = p.v;
-  args.out = out;
-  args.lse = lse;
-  args.variant.scale = p.EffectiveScale();
-  args.variant.causal = true;
-  AttendPrefill(args, pool);
+  AttendPrefill(CausalArgs(p, out, lse), pool);
 }
 
 }  // namespace qattn::sparse

@@ -107,6 +107,9 @@ const std::vector<MethodInfo>& SparseMethods();
 // unknown method (and the known ones) or an unknown option.
 std::unique_ptr<SparsePrefillMethod> MakeSparseMethod(const std::string& spec);
 
+// The core kernel's arguments for a causal prefill of the problem (scale set, no window, no blocks):
+// methods adjust the variant or attach a block list.
+PrefillArgs CausalArgs(const PrefillProblem& problem, TensorView out, float* lse);
 // Dense causal attention on the core skeleton: the baseline every method is measured against.
 void DenseCausal(const PrefillProblem& problem, TensorView out, float* lse, ThreadPool* pool);
 // Causal attention restricted to a block list (per query head, KV head or shared).

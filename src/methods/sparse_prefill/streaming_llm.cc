@@ -24,14 +24,7 @@ class StreamingLlm final : public SparsePrefillMethod {
   MethodResult Run(const PrefillProblem& p, TensorView out, float* lse, ThreadPool* pool) override {
     MethodResult r;
     const int64_t t0 = NowNs();
-    PrefillArgs args;
-    args.q = p.q;
-    args.k = p.k;
-    args.v = p.v;
-    args.out = out;
-    args.lse = lse;
-    args.variant.scale = p.EffectiveScale();
-    args.variant.causal = true;
+    PrefillArgs args = CausalArgs(p, out, lse);
     // i - j < local  <=>  j >= i - (local - 1); clamp so huge windows stay in int range.
     args.variant.window_left = int(std::min<int64_t>(local_ - 1, p.n()));
     args.variant.sink_tokens = int(std::min<int64_t>(sink_, p.n()));
