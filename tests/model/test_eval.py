@@ -141,6 +141,19 @@ class Eval(unittest.TestCase):
             self.assertLess(rep["output_rel_error"], 1e-5)
 
 
+    def test_report_sparse(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            qattn("report", "sparse", "-o", tmp, "--n", 1536, "--hq", 4, "--hkv", 2, "--d", 64,
+                  "--methods", "dense_blocks;streamingllm:sink=64,local=256", "--threads", 2)
+            rows = json.load(open(os.path.join(tmp, "results.json")))
+            self.assertEqual([r["method"].split(":")[0] for r in rows], ["dense_blocks", "streamingllm"])
+            self.assertEqual(rows[0]["density"], 1.0)
+            self.assertLess(rows[1]["density"], 0.7)  # sinks + a 256-token window of 1536
+            page = open(os.path.join(tmp, "index.html")).read()
+            self.assertEqual(page.count("<svg"), 1 + 2 * 4)  # the plot, then one heatmap per method and head
+        self.assert_bad(["report", "sparse", "-o", "/tmp/x", "--methods", "nope"], "nope")
+
+
 if __name__ == "__main__":
     QATTN, MODELS = sys.argv[1], sys.argv[2]
     unittest.main(argv=sys.argv[:1], verbosity=2)
