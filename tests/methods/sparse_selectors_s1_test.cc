@@ -1,6 +1,6 @@
 // The block selectors (A-shape, vertical-slash, FlexPrefill, BSA top-k, SALE) against fp64 ports
 // of the spec written here: "everything kept" equals dense attention, each spec oracle
-// (../shared/specs/sparse_prefill.md 1.8, 2.8, 9.1-9.3), lemma 0.4 per row, the shared statistics
+// (docs/specs/sparse_prefill.md 1.8, 2.8, 9.1-9.3), lemma 0.4 per row, the shared statistics
 // helpers, and option errors.
 //
 // `sparse_tests_s1 --measure [--n N] [--methods a;b] [--repeats R] [--threads T]` skips the tests

@@ -1,6 +1,6 @@
 // The selection step of the block selectors (FlexPrefill, MInference vertical-slash, BSA top-k,
 // SALE) as plain functions, so tests can check decisions and masks against straightforward ports
-// of the specs (../shared/specs/sparse_prefill.md). The methods in the registry call these and
+// of the specs (docs/specs/sparse_prefill.md). The methods in the registry call these and
 // then run the core block-sparse kernel.
 #pragma once
 #include <cstdint>

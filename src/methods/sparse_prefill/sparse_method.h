@@ -2,7 +2,7 @@
 // causal prefill to compute and runs them on the core skeleton (block lists, LSE merges). One
 // harness (sparse_harness.h) measures every method against dense attention on the same inputs.
 //
-// Conventions (../shared/specs/sparse_prefill.md section 0): one sequence, n_q == n_kv == n, causal;
+// Conventions (docs/specs/sparse_prefill.md section 0): one sequence, n_q == n_kv == n, causal;
 // query head h reads KV head h / (H_q / H_kv).
 #pragma once
 #include <cstdint>
