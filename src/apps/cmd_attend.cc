@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "apps/alibi.h"
-#include "apps/attention_call.h"
+#include "kernels/attention_call.h"
 #include "apps/cli_support.h"
 #include "core/dtype.h"
 #include "core/tensor.h"

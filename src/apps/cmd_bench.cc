@@ -11,7 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "apps/attention_call.h"
+#include "kernels/attention_call.h"
 #include "apps/cli_support.h"
 #include "core/cpu_features.h"
 #include "core/dtype.h"

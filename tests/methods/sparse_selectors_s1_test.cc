@@ -1,11 +1,7 @@
 // The block selectors (A-shape, vertical-slash, FlexPrefill, BSA top-k, SALE) against fp64 ports
 // of the spec written here: "everything kept" equals dense attention, each spec oracle
 // (docs/specs/sparse_prefill.md 1.8, 2.8, 9.1-9.3), lemma 0.4 per row, the shared statistics
-// helpers, and option errors.
-//
-// `sparse_tests_s1 --measure [--n N] [--methods a;b] [--repeats R] [--threads T]` skips the tests
-// and prints speed and fidelity of each method on the structured input (default n = 32768,
-// 8 query / 2 KV heads, d = 128, bf16, 2 threads).
+// helpers, and option errors. Speed and fidelity at real sizes: `qattn bench sparse` / `report sparse`.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -901,57 +897,5 @@ TEST(SelectorsS1Sale, Int4EstimateRecallsTheExactBlocks) {
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Measurement mode (not a test)
-
-int MeasureMain(int argc, char** argv) {
-  int64_t n = 32768;
-  int repeats = 1, threads = 2;
-  std::string methods = "flexprefill;flexprefill:union=1;streamingllm;vertical_slash;bsa_topk;sale";
-  for (int i = 1; i + 1 < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--n")
-      n = std::atoll(argv[++i]);
-    else if (a == "--repeats")
-      repeats = std::atoi(argv[++i]);
-    else if (a == "--threads")
-      threads = std::atoi(argv[++i]);
-    else if (a == "--methods")
-      methods = argv[++i];
-  }
-  ThreadPool pool(threads);
-  const OwnedProblem in = StructuredProblem(n, 8, 2, 128, DType::kBF16, 1);
-  DenseBaseline dense = RunDense(in.problem, &pool, repeats);
-  std::printf("n %lld, H_q 8 / H_kv 2, d 128, bf16, structured, %d threads: dense %.3f s\n", (long long)n, threads,
-              dense.seconds);
-  size_t start = 0;
-  while (start <= methods.size()) {
-    const size_t end = std::min(methods.find(';', start), methods.size());
-    const std::string spec = methods.substr(start, end - start);
-    start = end + 1;
-    if (spec.empty()) continue;
-    auto m = MakeSparseMethod(spec);
-    // The machine is shared: time dense again next to each method so the ratio compares like with like.
-    dense.seconds = RunDense(in.problem, &pool, repeats).seconds;
-    const SparseReport r = sparse::Measure(*m, in.problem, dense, &pool, repeats);
-    std::printf(
-        "%s\n  dense %.3f s, select %.3f s, attend %.3f s, speedup %.2fx, density %.4f, kept mass mean %.4f "
-        "min %.4f, rel error %.4f, bound ratio %.3f\n  head mass:",
-        r.method.c_str(), r.dense_seconds, r.select_seconds, r.attend_seconds, r.speedup, r.density, r.mean_kept_mass,
-        r.min_kept_mass, r.output_rel_error, r.max_row_bound_ratio);
-    for (double hm : r.head_mass) std::printf(" %.3f", hm);
-    std::printf("\n");
-    std::fflush(stdout);
-  }
-  return 0;
-}
-
 }  // namespace
 }  // namespace qattn::sparse
-
-int main(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i)
-    if (std::string(argv[i]) == "--measure") return qattn::sparse::MeasureMain(argc, argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
-}

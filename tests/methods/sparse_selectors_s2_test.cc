@@ -1,10 +1,7 @@
 // The gathered-keys executor and the nsa, squeezed, draft, psa and dma selectors against fp64
 // computations written here: budget-everything equals dense within the dense error budget, each
-// spec oracle (sparse_prefill.md sections 3-7), and lemma 0.4 where it applies.
-//
-// `sparse_tests_s2 --measure [--n N] [--threads T] [--repeats R] [--methods a;b]` skips the tests
-// and prints speed, density, kept mass and error of each method on the structured input (default
-// n = 32768, 8 query / 2 KV heads, d = 128, bf16, 2 threads) through the harness's Measure.
+// spec oracle (docs/specs/sparse_prefill.md sections 3-7), and lemma 0.4 where it applies. Speed and
+// fidelity at real sizes: `qattn bench sparse` / `report sparse`.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -805,60 +802,3 @@ TEST(Squeezed, LemmaHoldsAndRunMatchesItsSelection) {
 }
 }  // namespace
 }  // namespace qattn::sparse
-
-namespace qattn::sparse {
-namespace {
-
-std::vector<std::string> Split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  size_t a = 0;
-  while (a <= s.size()) {
-    const size_t b = std::min(s.find(sep, a), s.size());
-    if (b > a) out.push_back(s.substr(a, b - a));
-    a = b + 1;
-  }
-  return out;
-}
-
-int MeasureMain(int argc, char** argv) {
-  int64_t n = 32768;
-  int threads = 2, repeats = 2;
-  std::string methods = "dense_blocks;nsa;squeezed;squeezed:levels=2;draft;psa;dma";
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (!std::strcmp(argv[i], "--n")) n = std::atoll(argv[++i]);
-    else if (!std::strcmp(argv[i], "--threads")) threads = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--repeats")) repeats = std::atoi(argv[++i]);
-    else if (!std::strcmp(argv[i], "--methods")) methods = argv[++i];
-  }
-  ThreadPool pool(threads);
-  const OwnedProblem in = StructuredProblem(n, 8, 2, 128, DType::kBF16, 1);
-  std::printf("structured n %lld, hq 8, hkv 2, d 128, bf16, %d threads; medians of %d runs\n", (long long)n, threads,
-              repeats);
-  std::printf("%-40s %8s %8s %8s %8s %7s %8s %8s %9s %6s\n", "method", "first_s", "dense_s", "select_s", "attend_s",
-              "speedup", "density", "mass", "min_mass", "error");
-  for (const std::string& spec : Split(methods, ';')) {
-    auto method = MakeSparseMethod(spec);
-    Tensor out(DType::kF32, {n, 8, 128});
-    const auto t0 = std::chrono::steady_clock::now();
-    method->Run(in.problem, out.view(), nullptr, &pool);  // first run: pays any offline step (k-means)
-    const double first = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    // Dense is re-timed next to each method: the machine is shared, and its load drifts.
-    const DenseBaseline dense = RunDense(in.problem, &pool, repeats);
-    const SparseReport r = Measure(*method, in.problem, dense, &pool, repeats);
-    std::printf("%-40s %8.3f %8.4f %8.4f %8.4f %7.2f %8.4f %8.4f %9.4f %6.3f\n    %s\n    (%s)\n", spec.c_str(), first,
-                dense.seconds, r.select_seconds, r.attend_seconds, r.speedup, r.density, r.mean_kept_mass,
-                r.min_kept_mass, r.output_rel_error, r.method.c_str(), r.granularity.c_str());
-    std::fflush(stdout);
-  }
-  return 0;
-}
-
-}  // namespace
-}  // namespace qattn::sparse
-
-int main(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i)
-    if (std::string(argv[i]) == "--measure") return qattn::sparse::MeasureMain(argc, argv);
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
-}

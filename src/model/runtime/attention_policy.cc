@@ -4,33 +4,18 @@
 #include <stdexcept>
 
 #include "eval/npy.h"
+#include "kernels/attention_call.h"
 #include "methods/sparse_prefill/sparse_method.h"
 
 namespace qattn::model {
 namespace {
-
-// The kernel arguments shared by prefill and decode.
-template <typename Args>
-Args KernelArgs(const LayerAttention& call) {
-  Args args;
-  args.q = call.q;
-  args.k = call.k;
-  args.v = call.v;
-  args.out = call.out;
-  args.variant = call.variant;
-  return args;
-}
 
 // Exact attention on the core skeleton: split-KV decode for one new token, tiled prefill otherwise.
 class DensePolicy final : public AttentionPolicy {
  public:
   std::string name() const override { return "dense"; }
   void Attend(const LayerAttention& call, ThreadPool* pool) override {
-    if (call.q.dim(0) == 1) {
-      AttendDecode(KernelArgs<DecodeArgs>(call), pool);
-    } else {
-      AttendPrefill(KernelArgs<PrefillArgs>(call), pool);
-    }
+    RunAttention({call.q, call.k, call.v, call.out, nullptr, call.variant}, pool);
   }
 };
 
@@ -45,15 +30,14 @@ class SparsePrefillPolicy final : public AttentionPolicy {
       dense_.Attend(call, pool);
       return;
     }
-    // Methods read K and V as plain [n, H_kv, d] rows; the cache holds them head-major.
-    k_ = Contiguous(call.k);
-    v_ = Contiguous(call.v);
-    sparse::PrefillProblem problem{call.q, k_.view(), v_.view(), call.variant.scale};
     if (call.variant.window_left >= 0) {  // a sliding-window model: its window is part of the mask
       dense_.Attend(call, pool);
       return;
     }
-    method_->Run(problem, call.out, nullptr, pool);
+    // Methods read K and V as plain [n, H_kv, d] rows; the cache holds them head-major.
+    k_ = Contiguous(call.k);
+    v_ = Contiguous(call.v);
+    method_->Run(sparse::PrefillProblem{call.q, k_.view(), v_.view(), call.variant.scale}, call.out, nullptr, pool);
   }
 
  private:

@@ -1,4 +1,4 @@
-#include "apps/attention_call.h"
+#include "kernels/attention_call.h"
 
 namespace qattn {
 

@@ -1,4 +1,5 @@
-// One entry point over the two kernels, shared by `attend` and `bench attention`:
+// One entry point over the two kernels, shared by `qattn attend`, `bench attention` and the model
+// runtime's dense attention policy:
 // a single query row goes to AttendDecode (which reads each K/V byte once for all query heads of a
 // KV group), anything else to AttendPrefill. With one query at the last position the two compute
 // the same thing (causal masking is implied for that row either way).
