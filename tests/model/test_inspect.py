@@ -10,21 +10,10 @@ import subprocess
 import sys
 import tempfile
 
+# The check collector the CLI tests share.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cli"))
+from cli_common import Failures  # noqa: E402
 
-class Failures:
-    def __init__(self):
-        self.messages, self.checks = [], 0
-
-    def check(self, ok, message):
-        self.checks += 1
-        if not ok:
-            self.messages.append(message)
-            print("FAIL:", message, flush=True)
-        return ok
-
-    def finish(self):
-        print(f"{self.checks - len(self.messages)}/{self.checks} checks passed")
-        sys.exit(1 if self.messages else 0)
 
 
 def run(qattn, *args):
