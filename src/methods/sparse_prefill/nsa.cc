@@ -11,6 +11,7 @@
 // block of `block` (= l') rows: the block's tokens share `cur`, their scores are summed, and the
 // whole block reads the same selected blocks, so it runs on the block-sparse kernel. Each query row
 // still gets exact softmax over its selected keys, with the causal mask in the current block.
+// Not implemented: per-token selection and FSA's KV-block-outer loop order (spec 3.4).
 //
 // Merging the branches:
 //  * merge=gates: o = g_cmp o_cmp + g_slc o_slc + g_win o_win with constant gates (what a trained

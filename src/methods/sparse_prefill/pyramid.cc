@@ -16,6 +16,7 @@
 // Pooling is over true counts (spec 6.7 pitfall 1), so the last partial group's bias is log(count).
 // Short inputs (n <= min_n, default 4096) run dense: estimator, pyramid and the second pass cost more
 // than they save there (measured 0.5-0.6x of dense at n = 1024-4096 on a quiet machine).
+// The similarity cap (sim=1, spec 6.1) is implemented but not covered by a test yet.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
