@@ -8,6 +8,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev
   libdnnl-dev           # oneDNN: the plain GEMMs of the model runtime (faster here than OpenBLAS)
+  ocl-icd-opencl-dev    # oneDNN's CMake config requires OpenCL headers (only a recommends of libdnnl-dev)
   libpcre2-dev          # Unicode regexes of byte-level BPE pre-tokenizers
   python3 python3-numpy # independent .npy writer/reader in CLI tests
   python3-torch         # independent PyTorch reference of each model architecture

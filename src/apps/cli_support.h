@@ -40,6 +40,8 @@ Command AddRunCommand(CLI::App& parent);
 std::vector<Command> AddEvalCommands(CLI::App& parent);
 Command AddGenModelCommand(CLI::App& parent);
 Command AddBenchModelCommand(CLI::App& bench);
+// `bench decode`: a KV selection/eviction policy's decode step against dense.
+Command AddBenchDecodeCommand(CLI::App& bench);
 // `bench sparse`: a sparse prefill method against dense.
 Command AddBenchSparseCommand(CLI::App& bench);
 // `report sparse`: the HTML comparison of sparse prefill methods.

@@ -13,6 +13,7 @@
 
 #include "kernels/attention_call.h"
 #include "apps/cli_support.h"
+#include "core/aligned_buffer.h"
 #include "core/cpu_features.h"
 #include "core/dtype.h"
 #include "core/tensor.h"
@@ -21,6 +22,7 @@
 #include "eval/peak_cache.h"
 #include "eval/timing.h"
 #include "kernels/attention.h"
+#include "kernels/kv_format.h"
 
 namespace qattn {
 namespace {
@@ -103,6 +105,7 @@ struct BenchOptions {
   bool remeasure_peak = false, quick_peak = false;
   uint64_t seed = 1;
   std::string kv_layout;  // "head" | "token"; empty: head for decode, token for prefill
+  std::string kv;         // decode over paged KV tiles of this KvDType; empty: plain tensors
 };
 
 struct BenchShape {
@@ -275,11 +278,84 @@ BenchResult Measure(const BenchShape& s, const BenchOptions& o, ThreadPool& pool
   return r;
 }
 
+// Paged decode (--kv): each KV head's keys in pages of kPageTokens tokens, one KvRun per page, K and
+// V tiles of random values quantized into the format; bytes read are the tiles' stored bytes.
+constexpr int kPageTokens = 256;
+
+struct PagedKv {
+  // [H_kv, tiles per head] tiles of K and of V, on huge pages like a KV cache's pool (4 KiB pages
+  // stop the hardware prefetchers at every page and misalign the tiles' vectors).
+  AlignedBuffer k, v;
+  PagedDecodeArgs args;
+};
+
+void FillPagedKv(const BenchShape& s, KvDType t, uint64_t seed, PagedKv* kv) {
+  const int64_t tiles = (s.n_kv + kKvTileTokens - 1) / kKvTileTokens;  // per head
+  const size_t kb = KvTileBytes(t, s.d_qk, false), vb = KvTileBytes(t, s.d_v, true);
+  kv->k = AlignedBuffer(size_t(s.h_k) * tiles * kb);
+  kv->v = AlignedBuffer(size_t(s.h_k) * tiles * vb);
+  uint8_t* k = kv->k.as<uint8_t>();
+  uint8_t* v = kv->v.as<uint8_t>();
+  FastRandom rng{seed * 0x9E3779B97F4A7C15ull + 1};
+  std::vector<float> x(size_t(std::max(s.d_qk, s.d_v)));  // [d] one token's values
+  for (int h = 0; h < s.h_k; ++h)
+    for (int64_t i = 0; i < s.n_kv; ++i) {
+      const size_t tile = size_t(h) * tiles + size_t(i / kKvTileTokens);
+      for (int j = 0; j < s.d_qk; ++j) x[j] = rng.Uniform();
+      StoreKvToken(t, false, x.data(), s.d_qk, &k[tile * kb], int(i % kKvTileTokens));
+      for (int j = 0; j < s.d_v; ++j) x[j] = rng.Uniform();
+      StoreKvToken(t, true, x.data(), s.d_v, &v[tile * vb], int(i % kKvTileTokens));
+    }
+  PagedDecodeArgs& a = kv->args;
+  a.map = HeadMap{s.h_q, s.h_k, s.h_v};
+  a.d_v = s.d_v;
+  a.kv_dtype = t;
+  a.run_offsets = {0};
+  for (int h = 0; h < s.h_k; ++h) {
+    for (int64_t p0 = 0; p0 < s.n_kv; p0 += kPageTokens) {
+      const size_t tile = size_t(h) * tiles + size_t(p0 / kKvTileTokens);
+      KvRun run;
+      run.k = &k[tile * kb], run.v = &v[tile * vb];
+      run.tokens = int32_t(std::min<int64_t>(kPageTokens, s.n_kv - p0));
+      run.position = p0;
+      a.runs.push_back(run);
+    }
+    a.run_offsets.push_back(int64_t(a.runs.size()));
+  }
+  a.query_positions = {s.n_kv - 1};
+}
+
+BenchResult MeasurePaged(const BenchShape& s, const BenchOptions& o, ThreadPool& pool, const MachinePeak& peak) {
+  Require(UsesDecode(s.n_q), "--kv is for decode (--nq 1).");
+  Require(s.h_k == s.h_v, "--kv needs as many K heads as V heads.");
+  const KvDType t = ParseKvDType(o.kv);
+  Tensor q(DType::kF32, {1, s.h_q, s.d_qk});       // [1, H_q, d_qk]
+  Tensor out(DType::kF32, {1, s.h_q, s.d_v});      // [1, H_q, d_v]
+  std::vector<float> lse(size_t(s.h_q));           // [1, H_q]
+  FillRandom(q, o.seed);
+  PagedKv kv;
+  FillPagedKv(s, t, o.seed + 1, &kv);
+  kv.args.q = q.view(), kv.args.out = out.view(), kv.args.lse = lse.data();
+  BenchResult r;
+  r.flops = AttentionFlops(1, s.n_kv, s.h_q, s.d_qk, s.d_v, false);
+  r.kv_bytes = double(kv.k.size() + kv.v.size());  // the tiles as stored, scales included
+  const auto tm = TimeDecodeAgainstReads([&] { AttendDecodePaged(kv.args, &pool); }, r.kv_bytes, o.warmup, o.repeats, pool);
+  r.timing = tm.decode;
+  r.memory_gbps_now = tm.read_gbps;
+  r.gflops = r.flops / r.timing.median / 1e9;
+  r.gbps = r.kv_bytes / r.timing.median / 1e9;
+  r.fraction = r.gbps / r.memory_gbps_now;
+  r.fraction_of_cached = r.gbps / peak.memory_gbps;
+  r.fraction_basis = "memory_bandwidth";
+  return r;
+}
+
 json BenchJson(const BenchShape& s, const BenchOptions& o, int threads, const BenchResult& r, const PeakLookup& pk) {
   return {{"mode", UsesDecode(s.n_q) ? "decode" : "prefill"},
           {"n_q", s.n_q}, {"n_kv", s.n_kv}, {"h_q", s.h_q}, {"h_k", s.h_k}, {"h_v", s.h_v},
           {"d_qk", s.d_qk}, {"d_v", s.d_v}, {"causal", s.causal},
-          {"dtype", std::string(DTypeName(s.dtype))}, {"threads", threads}, {"isa", IsaName(ActiveIsa())},
+          {"dtype", o.kv.empty() ? std::string(DTypeName(s.dtype)) : o.kv}, {"kv", o.kv.empty() ? "tensor" : "paged"},
+          {"threads", threads}, {"isa", IsaName(ActiveIsa())},
           {"repeats", o.repeats}, {"warmup", o.warmup},
           {"seconds", r.timing.median}, {"seconds_min", r.timing.min}, {"seconds_max", r.timing.max},
           {"flops", r.flops}, {"kv_bytes", r.kv_bytes}, {"gflops", r.gflops}, {"gbps", r.gbps},
@@ -296,7 +372,8 @@ json BenchJson(const BenchShape& s, const BenchOptions& o, int threads, const Be
 void PrintBenchTable(const BenchShape& s, const BenchOptions& o, int threads, const BenchResult& r, const PeakLookup& pk) {
   const bool decode = UsesDecode(s.n_q);
   std::printf("qattn bench attention: %s%s, %s, %d thread%s, isa %s\n", decode ? "decode" : "prefill",
-              s.causal && !decode ? " causal" : "", std::string(DTypeName(s.dtype)).c_str(), threads,
+              s.causal && !decode ? " causal" : "",
+              o.kv.empty() ? std::string(DTypeName(s.dtype)).c_str() : ("paged KV tiles " + o.kv).c_str(), threads,
               threads == 1 ? "" : "s", IsaName(ActiveIsa()).c_str());
   std::printf("  %-10s n_q %lld, n_kv %lld, H_q/H_k/H_v %d/%d/%d, d_qk %d, d_v %d\n", "shape", (long long)s.n_q,
               (long long)s.n_kv, s.h_q, s.h_k, s.h_v, s.d_qk, s.d_v);
@@ -320,7 +397,7 @@ int RunBenchAttention(const BenchOptions& o) {
   ThreadPool::SetDefaultThreads(threads);
   ThreadPool& pool = ThreadPool::Default();
   const PeakLookup peak = LookupPeak(pool, o);  // before the inputs exist: it allocates 1 GiB itself
-  const BenchResult r = Measure(s, o, pool, peak.peak);
+  const BenchResult r = o.kv.empty() ? Measure(s, o, pool, peak.peak) : MeasurePaged(s, o, pool, peak.peak);
   if (o.json) std::printf("%s\n", BenchJson(s, o, threads, r, peak).dump().c_str());
   else PrintBenchTable(s, o, threads, r, peak);
   return kExitOk;
@@ -357,6 +434,9 @@ Command AddAttentionBenchCommand(CLI::App& bench) {
   cmd->add_option("--kv-layout", o->kv_layout,
                   "K/V storage: head ([H, n_kv, d], a KV cache's layout; default for decode) or token "
                   "([n_kv, H, d]; default for prefill)")->type_name("LAYOUT");
+  cmd->add_option("--kv", o->kv,
+                  "decode over paged KV tiles (pages of 256 tokens) of this format: f32, bf16, f16, int8 or int4; "
+                  "gbps counts the tiles' stored bytes, scales included")->type_name("FORMAT");
   cmd->add_flag("--json", o->json, "print one JSON object instead of a table");
   cmd->add_flag("--remeasure-peak", o->remeasure_peak, "measure the machine peak again and refresh the cache");
   cmd->add_flag("--quick-peak", o->quick_peak, "if the peak must be measured, measure it roughly and do not cache it");
@@ -374,7 +454,7 @@ std::vector<Command> AddBenchCommands(CLI::App& parent) {
   CLI::App* bench = parent.add_subcommand("bench", "Benchmarks: attention kernels, whole models, machine peak.");
   bench->require_subcommand(1);
   return {AddAttentionBenchCommand(*bench), AddPeakCommand(*bench), AddBenchModelCommand(*bench),
-          AddBenchSparseCommand(*bench)};
+          AddBenchSparseCommand(*bench), AddBenchDecodeCommand(*bench)};
 }
 
 }  // namespace qattn

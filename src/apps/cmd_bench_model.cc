@@ -70,7 +70,7 @@ int Run(BenchModelOptions& o) {
   const double decode_s = Now() - t0;
   const nlohmann::json j = {
       {"model", o.model.ResolvedPath()}, {"config", c.Describe()}, {"threads", pool->num_threads()},
-      {"weight_dtype", std::string(DTypeName(t.weight_dtype()))}, {"kv_dtype", std::string(DTypeName(cache.dtype()))},
+      {"weight_dtype", std::string(DTypeName(t.weight_dtype()))}, {"kv_dtype", cache.storage().Name()},
       {"prompt_len", o.prompt_len}, {"gen", o.gen},
       {"prefill_seconds", prefill_s}, {"prefill_tokens_per_second", o.prompt_len / prefill_s},
       {"decode_seconds", decode_s}, {"decode_tokens_per_second", o.gen / decode_s},
@@ -82,7 +82,7 @@ int Run(BenchModelOptions& o) {
   }
   std::printf("%s\n", c.Describe().c_str());
   std::printf("weights %s, %.1f MiB; KV cache %s, %llu bytes per token\n", DTypeName(t.weight_dtype()).data(),
-              t.weight_bytes() / 1048576.0, DTypeName(cache.dtype()).data(), (unsigned long long)cache.BytesPerToken());
+              t.weight_bytes() / 1048576.0, cache.storage().Name().c_str(), (unsigned long long)cache.BytesPerToken());
   std::printf("prefill %6d tokens  %8.3f s  %9.1f tokens/s\n", o.prompt_len, prefill_s, o.prompt_len / prefill_s);
   std::printf("decode  %6d tokens  %8.3f s  %9.1f tokens/s\n", o.gen, decode_s, o.gen / decode_s);
   std::printf("peak memory %.1f MiB (%d threads)\n", PeakResidentBytes() / 1048576.0, pool->num_threads());

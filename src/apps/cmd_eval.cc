@@ -22,6 +22,7 @@ struct EvalOptions {
   std::string prompt;
   std::string ids;
   int self_generate = 0;
+  int64_t decode_from = 0;  // kl: prompt length after which tokens are decoded one by one
   int64_t seed = 1;
   bool no_bos = false;
   bool json = false;
@@ -42,8 +43,11 @@ std::vector<int32_t> EvalTokens(const EvalOptions& o, const LoadedModel& m, Thre
   }
   if (o.self_generate > 0) {  // sample from the model itself, dense attention, from BOS
     const model::Transformer& t = *m.transformer;
+    // The text must not depend on the --kv being evaluated: it is written with the default storage.
+    RuntimeOptions defaults = o.runtime;
+    defaults.kv_dtype = "auto";
     model::KvCache cache(t.config(), std::min<int64_t>(o.self_generate + 1, o.runtime.ContextFor(t.config())),
-                         o.runtime.KvDtypeFor(t));
+                         defaults.KvDtypeFor(t));
     auto dense = model::MakeAttentionPolicy("dense");
     model::GenerateOptions g;
     g.max_new_tokens = int(cache.capacity()) - 1;
@@ -79,11 +83,12 @@ int RunPerplexity(const EvalOptions& o) {
                                                       o.runtime.ContextFor(t.config()), o.runtime.batch, pool);
   if (o.json) {
     nlohmann::json j = {{"tokens", tokens.size()}, {"tokens_scored", r.tokens_scored}, {"mean_nll", r.mean_nll},
-                        {"perplexity", r.perplexity}, {"attention", attention->name()}};
+                        {"perplexity", r.perplexity}, {"attention", attention->name()},
+                        {"kv", o.runtime.KvDtypeFor(t).Name()}};
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("perplexity %.4f over %lld tokens (mean NLL %.4f nats, attention %s)\n", r.perplexity,
-                (long long)r.tokens_scored, r.mean_nll, attention->name().c_str());
+    std::printf("perplexity %.4f over %lld tokens (mean NLL %.4f nats, attention %s, kv %s)\n", r.perplexity,
+                (long long)r.tokens_scored, r.mean_nll, attention->name().c_str(), o.runtime.KvDtypeFor(t).Name().c_str());
   }
   return kExitOk;
 }
@@ -95,11 +100,13 @@ int RunDivergence(const EvalOptions& o) {
   const std::vector<int32_t> tokens = EvalTokens(o, m, pool);
   if (tokens.size() < 2) throw UsageError("the text has " + std::to_string(tokens.size()) + " tokens; kl needs 2");
   auto attention = o.runtime.MakeAttention();
-  const model::DivergenceResult r = model::CompareToDense(t, *attention, o.runtime.KvDtypeFor(t), tokens,
-                                                          o.runtime.ContextFor(t.config()), o.runtime.batch, pool);
+  const model::DivergenceResult r =
+      model::CompareToDense(t, *attention, o.runtime.KvDtypeFor(t), tokens, o.runtime.ContextFor(t.config()),
+                            o.runtime.batch, pool, o.decode_from);
   if (o.json) {
     nlohmann::json j = {{"positions", r.positions}, {"mean_kl", r.mean_kl}, {"max_kl", r.max_kl},
-                        {"top1_agreement", r.top1_agreement}, {"attention", attention->name()}};
+                        {"top1_agreement", r.top1_agreement}, {"attention", attention->name()},
+                        {"decode_from", o.decode_from}, {"kv", o.runtime.KvDtypeFor(t).Name()}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("attention %s vs dense over %lld positions: mean KL %.6g nats (max %.6g), top-1 agreement %.4f\n",
@@ -119,9 +126,16 @@ int RunLogits(const EvalOptions& o) {
   if (tokens.empty() || int64_t(tokens.size()) > ctx) {
     throw UsageError("the input has " + std::to_string(tokens.size()) + " tokens; it must have 1 to " + std::to_string(ctx));
   }
-  model::KvCache cache(t.config(), ctx, o.runtime.KvDtypeFor(t));
   auto attention = o.runtime.MakeAttention();
   const int n_vocab = t.config().n_vocab;
+  if (o.decode_from > 0) {  // the prompt's last row, then one row per decode step
+    std::vector<float> rows;  // [n - P, n_vocab]
+    model::ForEachDecodeLogit(t, *attention, o.runtime.KvDtypeFor(t), tokens, ctx, o.decode_from,
+                              [&](int64_t, int64_t, const float* l) { rows.insert(rows.end(), l, l + n_vocab); }, pool);
+    WriteNpyF32(o.out_path, {int64_t(rows.size() / n_vocab), n_vocab}, rows.data());
+    return kExitOk;
+  }
+  model::KvCache cache(t.config(), ctx, o.runtime.KvDtypeFor(t));
   std::vector<float> logits(tokens.size() * n_vocab);  // [n, n_vocab]
   for (size_t start = 0; start < tokens.size(); start += o.runtime.batch) {
     const int64_t n = std::min<int64_t>(o.runtime.batch, tokens.size() - start);
@@ -139,15 +153,26 @@ std::vector<Command> AddEvalCommands(CLI::App& parent) {
   auto ppl = std::make_shared<EvalOptions>();
   CLI::App* ppl_cmd = eval->add_subcommand("ppl", "perplexity of a text");
   AddTextOptions(ppl_cmd, *ppl);
+  ppl_cmd->add_option("--self-generate", ppl->self_generate, "sample N tokens from the model and evaluate those")
+      ->type_name("N");
+  ppl_cmd->add_option("--seed", ppl->seed, "seed for --self-generate (default 1)");
   auto kl = std::make_shared<EvalOptions>();
   CLI::App* kl_cmd = eval->add_subcommand("kl", "KL divergence and top-1 agreement of --attention against dense");
   AddTextOptions(kl_cmd, *kl);
   kl_cmd->add_option("--self-generate", kl->self_generate, "sample N tokens from the model and evaluate those")->type_name("N");
   kl_cmd->add_option("--seed", kl->seed, "seed for --self-generate (default 1)");
+  kl_cmd->add_option("--decode-from", kl->decode_from,
+                     "prefill the first P tokens as a prompt, then decode the rest one token at a time and compare "
+                     "every step (how decode-time KV policies are measured); 0 = prefill windows (default)")
+      ->type_name("P");
   auto logits = std::make_shared<EvalOptions>();
   CLI::App* logits_cmd = eval->add_subcommand("logits", "write the logits at every position to a .npy file [n, n_vocab]");
   AddTextOptions(logits_cmd, *logits);
   logits_cmd->add_option("-o,--out", logits->out_path, "output .npy")->type_name("OUT.npy");
+  logits_cmd->add_option("--decode-from", logits->decode_from,
+                         "prefill the first P tokens, then decode one token at a time: writes the rows P-1 .. n-2 "
+                         "[n - P, n_vocab] (0 = every row of a prefill, default)")
+      ->type_name("P");
   return {{ppl_cmd, [ppl] { return RunPerplexity(*ppl); }},
           {kl_cmd, [kl] { return RunDivergence(*kl); }},
           {logits_cmd, [logits] { return RunLogits(*logits); }}};

@@ -23,6 +23,7 @@ struct RunOptions {
   model::SamplingParams sampling;
   int64_t seed = -1;
   bool no_stats = false;
+  bool kv_stats = false;   // --stats: KV cache accounting
   bool print_ids = false;  // token ids instead of text (for comparisons with other implementations)
   std::string dump_qkv;    // directory for each layer's prefill Q/K/V
 };
@@ -55,6 +56,25 @@ void CheckSampling(const RunOptions& o) {
   if (!(s.top_p > 0.0f && s.top_p <= 1.0f)) throw UsageError("--top-p must be in (0, 1]");
   if (!(s.min_p >= 0.0f && s.min_p < 1.0f)) throw UsageError("--min-p must be in [0, 1)");
   if (!(s.repeat_penalty > 0.0f)) throw UsageError("--repeat-penalty must be positive");
+}
+
+// `--stats`: what the KV cache holds and where decode time went.
+void PrintKvStats(model::KvCache& cache, int n_layer, int n_head_kv, const model::GenerateStats& stats,
+                  const model::AttentionPolicy& attention) {
+  int64_t kept = 0;  // tokens held, summed over layers and KV heads
+  for (int l = 0; l < n_layer; ++l) {
+    for (int h = 0; h < n_head_kv; ++h) kept += cache.kept(l, h);
+  }
+  const model::KvTimings& t = cache.timings();
+  const std::string offload = attention.OffloadSummary();  // blocks in an offload store (ReKV)
+  std::fprintf(stderr,
+               "[kv %s | %.1f bytes per token per layer | positions %lld, tokens kept %.1f per layer and head | "
+               "pages in memory %lld (%.2f MiB, %d tokens each)%s%s | selection %.3f s, attention %.3f s "
+               "(prefill %.3f s, decode %.3f s)]\n",
+               cache.storage().Name().c_str(), cache.BytesPerTokenPerLayer(), (long long)cache.length(),
+               double(kept) / (n_layer * n_head_kv), (long long)cache.pages_in_use(),
+               cache.pages_in_use() * double(cache.page_bytes()) / 1048576.0, cache.page_tokens(),
+               offload.empty() ? ", nothing on disk" : " | ", offload.c_str(), t.selection_seconds, t.attention_seconds, stats.prefill_seconds, stats.decode_seconds);
 }
 
 int Run(RunOptions& o) {
@@ -102,6 +122,7 @@ int Run(RunOptions& o) {
                  stats.prompt_tokens / std::max(stats.prefill_seconds, 1e-9), (long long)stats.generated_tokens,
                  stats.generated_tokens / std::max(stats.decode_seconds, 1e-9), (unsigned long long)o.sampling.seed);
   }
+  if (o.kv_stats) PrintKvStats(cache, transformer.config().n_layer, transformer.config().n_head_kv, stats, *attention);
   return kExitOk;
 }
 
@@ -122,6 +143,9 @@ Command AddRunCommand(CLI::App& parent) {
   cmd->add_option("--repeat-last-n", o->sampling.repeat_last_n, "how many recent tokens are penalised (default 64)")->type_name("N");
   cmd->add_option("--seed,-s", o->seed, "random seed; -1 = random (default)")->type_name("S");
   cmd->add_flag("--no-stats", o->no_stats, "do not print the speed line on stderr");
+  cmd->add_flag("--stats", o->kv_stats,
+                "print KV cache accounting on stderr: bytes per token per layer, pages in memory and on disk, "
+                "time in selection versus attention");
   cmd->add_option("--dump-qkv", o->dump_qkv, "write each layer's prefill Q/K/V (post-RoPE) to DIR/layerL_{q,k,v}.npy")
       ->type_name("DIR");
   cmd->add_flag("--print-ids", o->print_ids, "print the token ids (prompt and generated) instead of text");

@@ -61,8 +61,10 @@ void RuntimeOptions::AddTo(CLI::App& command) {
   command.add_option("--threads,-t", threads, "threads; 0 = every hardware thread (default)")->type_name("N");
   command.add_option("--ctx,-c", ctx, "context length to allocate (default: the model's, at most 4096)")->type_name("N");
   command.add_option("--batch,-b", batch, "prompt tokens per forward pass (default 512)")->type_name("N");
-  command.add_option("--kv-dtype", kv_dtype, "KV cache element type: auto, f32, bf16 or f16 (auto: f32 for f32 "
-                                             "weights, else bf16)")->type_name("TYPE");
+  command.add_option("--kv,--kv-dtype", kv_dtype,
+                     "KV cache storage: auto, f32, bf16, f16, int8 (per token and head), int4 (per group of 32) or "
+                     "staircase[:segment=S,stairs=bf16/int8/int4] (auto: f32 for f32 weights, else bf16)")
+      ->type_name("TYPE");
   command.add_option("--attention", attention, "attention policy (default dense)")->type_name("POLICY");
 }
 
@@ -80,11 +82,15 @@ int64_t RuntimeOptions::ContextFor(const model::ModelConfig& config) const {
   return ctx > 0 ? ctx : std::min(config.n_ctx_train, 4096);
 }
 
-DType RuntimeOptions::KvDtypeFor(const model::Transformer& transformer) const {
-  if (kv_dtype == "auto") return transformer.weight_dtype() == DType::kF32 ? DType::kF32 : DType::kBF16;
-  DType t;
-  if (!ParseDType(kv_dtype, &t)) throw UsageError("--kv-dtype must be auto, f32, bf16 or f16; got '" + kv_dtype + "'");
-  return t;
+model::KvStorage RuntimeOptions::KvDtypeFor(const model::Transformer& transformer) const {
+  if (kv_dtype == "auto") {
+    return model::KvStorage::Of(transformer.weight_dtype() == DType::kF32 ? KvDType::kF32 : KvDType::kBF16);
+  }
+  try {
+    return model::KvStorage::Parse(kv_dtype);
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(std::string("--kv: ") + e.what());
+  }
 }
 
 std::unique_ptr<model::AttentionPolicy> RuntimeOptions::MakeAttention() const {

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/thread_pool.h"
+#include "kernels/kv_format.h"
 #include "model/gguf.h"
 #include "model/runtime/attention_policy.h"
 #include "model/runtime/transformer.h"
@@ -50,7 +51,7 @@ struct RuntimeOptions {
   // The context to allocate for a model (capped by the file's trained length unless --ctx says more).
   int64_t ContextFor(const model::ModelConfig& config) const;
   // auto: f32 for f32 weights (exact), bf16 otherwise.
-  DType KvDtypeFor(const model::Transformer& transformer) const;
+  model::KvStorage KvDtypeFor(const model::Transformer& transformer) const;
   std::unique_ptr<model::AttentionPolicy> MakeAttention() const;
 };
 

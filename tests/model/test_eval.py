@@ -110,7 +110,7 @@ class Eval(unittest.TestCase):
             self.assert_bad(["eval", "ppl", "-m", cut, "-p", "Hi there"], "cut.gguf")
         self.assert_bad(["run", "-p", "Hi", "--attention", "magic"], "magic")
         self.assert_bad(["run", "-p", "Hi", "--top-p", "0"], "--top-p")
-        self.assert_bad(["run", "-p", "Hi", "--kv-dtype", "int3"], "--kv-dtype")
+        self.assert_bad(["run", "-p", "Hi", "--kv", "int3"], "--kv")
         self.assert_bad(["run", "-p", "Once upon a time " * 20, "--ctx", "16"], "context")
         self.assert_bad(["eval", "ppl", "--ids", "1 2 99999"], "99999")
         self.assert_bad(["eval", "ppl"], "exactly one")

@@ -169,13 +169,15 @@ class Model:
             r = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
         return torch.cat([r, rest], dim=-1)
 
-    def attention(self, L, x, pos):
+    def attention(self, L, x, pos, extra_mask=None, kv_fn=None):
         n, hd = x.shape[0], self.head_dim
         proj = lambda k: self.mm(x, L[k]) + (L[k + ".bias"] if L[k + ".bias"] is not None else 0)
         q = proj("attn_q").view(n, self.n_head, hd).transpose(0, 1)
         k = proj("attn_k").view(n, self.n_head_kv, hd).transpose(0, 1)
         v = proj("attn_v").view(n, self.n_head_kv, hd).transpose(0, 1)
         q, k = self.rope(q, pos), self.rope(k, pos)
+        if kv_fn is not None:  # e.g. quantize the cached keys and values as a KV format would
+            k, v = kv_fn(k), kv_fn(v)
         group = self.n_head // self.n_head_kv  # query head h uses KV head h // group
         k, v = k.repeat_interleave(group, dim=0), v.repeat_interleave(group, dim=0)
         scores = q @ k.transpose(1, 2) / math.sqrt(hd)  # [n_head, n, n]
@@ -183,6 +185,8 @@ class Model:
         allowed = j <= i
         if self.window:
             allowed = allowed & (j > i - self.window)
+        if extra_mask is not None:  # e.g. what a KV eviction policy leaves each query row
+            allowed = allowed & extra_mask(i, j)
         scores = scores.masked_fill(~allowed, float("-inf"))
         out = torch.softmax(scores, dim=-1) @ v  # [n_head, n, hd]
         return self.mm(out.transpose(0, 1).reshape(n, self.n_head * hd), L["attn_output"])
@@ -194,12 +198,14 @@ class Model:
         return self.mm(torch.nn.functional.silu(self.mm(x, L["ffn_gate"])) * self.mm(x, L["ffn_up"]), L["ffn_down"])
 
     @torch.no_grad()
-    def logits(self, tokens):
+    def logits(self, tokens, extra_mask=None, kv_fn=None):
+        """extra_mask(i, j) -> bool tensor: keys j each query row i may also see (besides causal);
+        kv_fn(t) -> t: applied to post-RoPE keys and to values, [heads, n, head_dim]."""
         tokens = torch.as_tensor(list(tokens), dtype=torch.long)
         pos = torch.arange(len(tokens))
         x = self.tok_embd[tokens]
         for L in self.layers:
-            x = x + self.attention(L, rms_norm(x, L["attn_norm"], self.eps), pos)
+            x = x + self.attention(L, rms_norm(x, L["attn_norm"], self.eps), pos, extra_mask, kv_fn)
             x = x + self.mlp(L, rms_norm(x, L["ffn_norm"], self.eps))
         return self.mm(rms_norm(x, self.output_norm, self.eps), self.output).numpy()
 

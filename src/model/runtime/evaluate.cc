@@ -15,7 +15,7 @@ void LogSoftmax(const float* logits, int n, std::vector<double>& out) {
   for (int i = 0; i < n; ++i) out[i] = double(logits[i]) - log_z;
 }
 
-void ForEachLogitChunk(const Transformer& model, AttentionPolicy& attention, DType kv_dtype,
+void ForEachLogitChunk(const Transformer& model, AttentionPolicy& attention, const KvStorage& kv_dtype,
                        const std::vector<int32_t>& tokens, int64_t ctx, int batch,
                        const std::function<void(int64_t, int64_t, const float*)>& on_logits, ThreadPool* pool) {
   if (ctx < 2 || batch < 1) throw std::invalid_argument("the context must hold at least 2 tokens and the batch 1");
@@ -37,7 +37,7 @@ void ForEachLogitChunk(const Transformer& model, AttentionPolicy& attention, DTy
   }
 }
 
-PerplexityResult Perplexity(const Transformer& model, AttentionPolicy& attention, DType kv_dtype,
+PerplexityResult Perplexity(const Transformer& model, AttentionPolicy& attention, const KvStorage& kv_dtype,
                             const std::vector<int32_t>& tokens, int64_t ctx, int batch, ThreadPool* pool) {
   if (tokens.size() < 2) throw std::invalid_argument("perplexity needs at least 2 tokens");
   const int n_vocab = model.config().n_vocab;
@@ -58,26 +58,48 @@ PerplexityResult Perplexity(const Transformer& model, AttentionPolicy& attention
   return r;
 }
 
-DivergenceResult CompareToDense(const Transformer& model, AttentionPolicy& policy, DType kv_dtype,
-                                const std::vector<int32_t>& tokens, int64_t ctx, int batch, ThreadPool* pool) {
+void ForEachDecodeLogit(const Transformer& model, AttentionPolicy& attention, const KvStorage& kv_dtype,
+                        const std::vector<int32_t>& tokens, int64_t ctx, int64_t prompt_len,
+                        const std::function<void(int64_t, int64_t, const float*)>& on_logits, ThreadPool* pool) {
+  const int64_t n = int64_t(tokens.size());
+  if (prompt_len < 1 || prompt_len >= n) {
+    throw std::invalid_argument("the prompt length must be in [1, " + std::to_string(n - 1) + "] for " +
+                                std::to_string(n) + " tokens");
+  }
+  if (n > ctx) throw std::invalid_argument(std::to_string(n) + " tokens do not fit in the context of " + std::to_string(ctx));
+  KvCache cache(model.config(), ctx, kv_dtype);
+  std::vector<float> logits(model.config().n_vocab);  // [n_vocab] of the newest token
+  model.Forward(tokens.data(), prompt_len, cache, attention, LogitRows::kLast, logits.data(), pool);
+  on_logits(prompt_len - 1, 1, logits.data());
+  for (int64_t t = prompt_len; t + 1 < n; ++t) {
+    model.Forward(&tokens[t], 1, cache, attention, LogitRows::kLast, logits.data(), pool);
+    on_logits(t, 1, logits.data());
+  }
+}
+
+DivergenceResult CompareToDense(const Transformer& model, AttentionPolicy& policy, const KvStorage& kv_dtype,
+                                const std::vector<int32_t>& tokens, int64_t ctx, int batch, ThreadPool* pool,
+                                int64_t decode_from) {
+  // The logits of a policy at every scored position: prefill windows, or a prompt then decode steps.
+  const auto for_each = [&](AttentionPolicy& p, const std::function<void(int64_t, int64_t, const float*)>& f) {
+    if (decode_from > 0) ForEachDecodeLogit(model, p, kv_dtype, tokens, ctx, decode_from, f, pool);
+    else ForEachLogitChunk(model, p, kv_dtype, tokens, ctx, batch, f, pool);
+  };
   const int n_vocab = model.config().n_vocab;
   // Dense log-probabilities first, kept per scored position as argmax and the full row.
   std::unique_ptr<AttentionPolicy> dense = MakeAttentionPolicy("dense");
   std::vector<std::vector<double>> dense_logp;  // [positions][n_vocab]
-  ForEachLogitChunk(model, *dense, kv_dtype, tokens, ctx, batch,
-                    [&](int64_t, int64_t rows, const float* logits) {
-                      for (int64_t i = 0; i < rows; ++i) {
-                        dense_logp.emplace_back();
-                        LogSoftmax(logits + i * n_vocab, n_vocab, dense_logp.back());
-                      }
-                    },
-                    pool);
+  for_each(*dense, [&](int64_t, int64_t rows, const float* logits) {
+    for (int64_t i = 0; i < rows; ++i) {
+      dense_logp.emplace_back();
+      LogSoftmax(logits + i * n_vocab, n_vocab, dense_logp.back());
+    }
+  });
   DivergenceResult r;
   std::vector<double> logq;  // [n_vocab]
   int64_t agree = 0;
   double kl_sum = 0.0;
-  ForEachLogitChunk(model, policy, kv_dtype, tokens, ctx, batch,
-                    [&](int64_t, int64_t rows, const float* logits) {
+  for_each(policy, [&](int64_t, int64_t rows, const float* logits) {
                       for (int64_t i = 0; i < rows; ++i, ++r.positions) {
                         const std::vector<double>& logp = dense_logp.at(r.positions);
                         LogSoftmax(logits + i * n_vocab, n_vocab, logq);
@@ -88,8 +110,7 @@ DivergenceResult CompareToDense(const Transformer& model, AttentionPolicy& polic
                         r.max_kl = std::max(r.max_kl, kl);
                         agree += std::max_element(logp.begin(), logp.end()) == logp.begin() + (std::max_element(logq.begin(), logq.end()) - logq.begin());
                       }
-                    },
-                    pool);
+                    });
   r.mean_kl = kl_sum / std::max<int64_t>(r.positions, 1);
   r.top1_agreement = double(agree) / std::max<int64_t>(r.positions, 1);
   return r;

@@ -2,49 +2,101 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace qattn::model {
 
-KvCache::KvCache(const ModelConfig& config, int64_t capacity, DType dtype)
-    : n_head_kv_(config.n_head_kv), head_dim_(config.head_dim), capacity_(capacity), dtype_(dtype) {
+KvStorage KvStorage::Parse(const std::string& spec) {
+  if (spec.rfind("staircase", 0) == 0) return KvStorage{KvDType::kBF16, true, kv::StaircaseConfig::Parse(spec)};
+  try {
+    return Of(ParseKvDType(spec));
+  } catch (const std::invalid_argument&) {
+    throw std::invalid_argument("unknown KV storage '" + spec +
+                                "' (known: f32, bf16, f16, int8, int4, staircase[:segment=S,stairs=bf16/int8/int4])");
+  }
+}
+
+std::string KvStorage::Name() const { return staircase ? stairs.Spec() : KvDTypeName(dtype); }
+
+KvCache::KvCache(const ModelConfig& config, int64_t capacity, const KvStorage& storage, int page_tokens)
+    : n_layer_(config.n_layer), n_head_kv_(config.n_head_kv), head_dim_(config.head_dim), page_tokens_(page_tokens),
+      capacity_(capacity), storage_(storage) {
   if (capacity < 1) throw std::invalid_argument("the context must hold at least one token");
-  const uint64_t bytes = uint64_t(n_head_kv_) * capacity * head_dim_ * DTypeSize(dtype);
-  for (int l = 0; l < config.n_layer; ++l) {
-    keys_.emplace_back(bytes);
-    values_.emplace_back(bytes);
+  kv::PagedCacheConfig pc{config.n_layer, config.n_head_kv, config.head_dim, storage.dtype, page_tokens};
+  if (storage.staircase) {
+    staircase_ = std::make_unique<kv::StaircaseKvCache>(pc, storage.stairs);
+    storage_.dtype = storage.stairs.stairs[0];
+    seq_ = staircase_->NewSequence();
+  } else {
+    paged_ = std::make_unique<kv::PagedKvCache>(pc);
+    seq_ = paged_->NewSequence();
   }
 }
 
-uint64_t KvCache::BytesPerToken() const {
-  return 2ull * keys_.size() * n_head_kv_ * head_dim_ * DTypeSize(dtype_);
+kv::PagedKvCache& KvCache::paged() {
+  if (!paged_) throw std::invalid_argument("KV selection and eviction policies need a single-format cache, not " + storage_.Name());
+  return *paged_;
 }
 
-void KvCache::Store(int layer, int64_t pos0, int64_t n, const float* k, const float* v, int64_t row_stride) {
-  if (pos0 < 0 || pos0 + n > capacity_) {
-    throw std::invalid_argument("the context is full: positions up to " + std::to_string(pos0 + n) +
-                                " do not fit in " + std::to_string(capacity_) + " (raise --ctx)");
+const kv::PagedKvCache& KvCache::paged() const { return const_cast<KvCache*>(this)->paged(); }
+
+DType KvCache::compute_dtype() const {
+  if (staircase_) return DType::kF32;
+  switch (storage_.dtype) {
+    case KvDType::kBF16: return DType::kBF16;
+    case KvDType::kF16: return DType::kF16;
+    default: return DType::kF32;
   }
-  const size_t elem = DTypeSize(dtype_);
-  for (int64_t t = 0; t < n; ++t) {
-    for (int h = 0; h < n_head_kv_; ++h) {
-      const int64_t dst = (int64_t(h) * capacity_ + pos0 + t) * head_dim_ * int64_t(elem);  // bytes
-      ConvertFromF32(k + t * row_stride + h * head_dim_, keys_[layer].as<uint8_t>() + dst, dtype_, head_dim_);
-      ConvertFromF32(v + t * row_stride + h * head_dim_, values_[layer].as<uint8_t>() + dst, dtype_, head_dim_);
+}
+
+double KvCache::BytesPerTokenPerLayer() const {
+  return staircase_ ? staircase_->bytes_per_token_per_layer(seq_) : paged_->bytes_per_token_per_layer();
+}
+
+uint64_t KvCache::BytesPerToken() const { return uint64_t(BytesPerTokenPerLayer() * n_layer_ + 0.5); }
+
+int64_t KvCache::pages_in_use() const { return staircase_ ? staircase_->pages_in_use() : paged_->pages_in_use(); }
+
+size_t KvCache::page_bytes() const { return staircase_ ? staircase_->stair(0).page_bytes() : paged_->page_bytes(); }
+
+int64_t KvCache::kept(int layer, int head) const {
+  return staircase_ ? staircase_->length(seq_, layer, head) : paged_->length(seq_, layer, head);
+}
+
+void KvCache::Append(int layer, int64_t n, const float* k, const float* v, int64_t row_stride,
+                     const int32_t* positions) {
+  if (staircase_) staircase_->Append(seq_, layer, k, v, row_stride, n, positions);
+  else paged_->Append(seq_, layer, k, v, row_stride, n, positions);
+}
+
+void KvCache::Gather(int layer, Tensor* k, Tensor* v) const {
+  const int64_t n = kept(layer);
+  for (int h = 1; h < n_head_kv_; ++h) {
+    if (kept(layer, h) != n) throw std::invalid_argument("the KV heads of a layer keep different token counts");
+  }
+  const DType t = compute_dtype();
+  *k = Tensor(t, {n, n_head_kv_, head_dim_});
+  *v = Tensor(t, {n, n_head_kv_, head_dim_});
+  std::vector<float> hk(size_t(n) * head_dim_), hv(size_t(n) * head_dim_);  // [n, d] one head, f32
+  for (int h = 0; h < n_head_kv_; ++h) {
+    if (staircase_) staircase_->Read(seq_, layer, h, hk.data(), hv.data());
+    else paged_->Read(seq_, layer, h, 0, n, hk.data(), hv.data());
+    for (int64_t i = 0; i < n; ++i) {
+      ConvertFromF32(&hk[size_t(i) * head_dim_], k->view().at(i, h), t, head_dim_);
+      ConvertFromF32(&hv[size_t(i) * head_dim_], v->view().at(i, h), t, head_dim_);
     }
   }
 }
 
-TensorView KvCache::View(const AlignedBuffer& buf, int64_t tokens) const {
-  TensorView view;
-  view.data = buf.data();
-  view.dtype = dtype_;
-  view.rank = 3;
-  view.shape = {tokens, n_head_kv_, head_dim_, 0};
-  view.stride = {head_dim_, capacity_ * head_dim_, 1, 0};
-  return view;
+void KvCache::Clear() {
+  if (staircase_) {
+    staircase_->FreeSequence(seq_);
+    seq_ = staircase_->NewSequence();
+  } else {
+    paged_->FreeSequence(seq_);
+    seq_ = paged_->NewSequence();
+  }
+  length_ = 0;
 }
-
-TensorView KvCache::Keys(int layer, int64_t tokens) const { return View(keys_.at(layer), tokens); }
-TensorView KvCache::Values(int layer, int64_t tokens) const { return View(values_.at(layer), tokens); }
 
 }  // namespace qattn::model

@@ -1,5 +1,6 @@
 #include "model/runtime/transformer.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -24,16 +25,16 @@ const GgufTensorInfo* Matrix(const GgufFile& file, const std::string& name, int 
 // Activations of one forward pass over n tokens.
 struct Transformer::Scratch {
   explicit Scratch(const ModelConfig& c, int64_t n)
-      : x(n * c.n_embd), h(n * c.n_embd), qkv(n * (c.q_dim() + 2 * c.kv_dim())), q16(0), attn(n * c.q_dim()),
+      : x(n * c.n_embd), h(n * c.n_embd), qkv(n * (c.q_dim() + 2 * c.kv_dim())), attn(n * c.q_dim()),
         gate_up(n * 2 * c.n_ff), ff(n * c.n_ff), positions(n) {}
   std::vector<float> x;        // [n, n_embd] the residual stream
   std::vector<float> h;        // [n, n_embd] normed input of a block, then its output
   std::vector<float> qkv;      // [n, q_dim + 2 kv_dim]
-  std::vector<uint16_t> q16;   // [n, q_dim] queries narrowed to the cache's 16-bit dtype
   std::vector<float> attn;     // [n, q_dim] attention output
   std::vector<float> gate_up;  // [n, 2 n_ff]
   std::vector<float> ff;       // [n, n_ff]
   std::vector<int32_t> positions;  // [n]
+  bool prompt_end = false;         // this pass ends a prompt (KV eviction policies act after it)
 };
 
 Transformer::Transformer(const GgufFile& file) : config_(ReadModelConfig(file)) {
@@ -108,25 +109,19 @@ void Transformer::AttentionBlock(int index, Scratch& s, int64_t n, KvCache& cach
   float* v = k + c.kv_dim();
   ApplyRope(q, n, qkv_stride, c.n_head, c.head_dim, c.n_rot, c.arch.rope, rope_inv_freq_, s.positions.data());
   ApplyRope(k, n, qkv_stride, c.n_head_kv, c.head_dim, c.n_rot, c.arch.rope, rope_inv_freq_, s.positions.data());
-  const int64_t past = cache.length();
-  cache.Store(index, past, n, k, v, qkv_stride);
+  cache.Append(index, n, k, v, qkv_stride, s.positions.data());
 
   LayerAttention call;
   call.layer = index;
-  if (cache.dtype() == DType::kF32) {
-    call.q = TensorView{q, DType::kF32, 3, {n, c.n_head, c.head_dim, 0}, {qkv_stride, c.head_dim, 1, 0}};
-  } else {  // the kernels take q in the cache's dtype
-    s.q16.resize(size_t(n) * c.q_dim());
-    for (int64_t t = 0; t < n; ++t) {
-      ConvertFromF32(q + t * qkv_stride, s.q16.data() + t * c.q_dim(), cache.dtype(), c.q_dim());
-    }
-    call.q = MakeView(s.q16.data(), cache.dtype(), {n, c.n_head, c.head_dim});
-  }
-  call.k = cache.Keys(index, past + n);
-  call.v = cache.Values(index, past + n);
+  call.n_new = n;
+  call.q = q;
+  call.q_row_stride = qkv_stride;
+  call.positions = s.positions.data();
+  call.cache = &cache;
   call.out = MakeView(s.attn.data(), DType::kF32, {n, c.n_head, c.head_dim});
   call.variant.causal = true;
   if (c.sliding_window > 0) call.variant.window_left = c.sliding_window - 1;
+  call.prompt_end = s.prompt_end;
   attention.Attend(call, pool);
   layer.attn_out.Forward(s.attn.data(), n, s.h.data(), pool);
   AddInPlace(s.x.data(), s.h.data(), n * c.n_embd);
@@ -142,6 +137,27 @@ void Transformer::MlpBlock(int index, Scratch& s, int64_t n, ThreadPool* pool) c
   AddInPlace(s.x.data(), s.h.data(), n * c.n_embd);
 }
 
+// PromptDistill: keeps only the chosen rows of the residual stream (and their positions) for the
+// later layers, and cuts layers 0..layer of the cache to the same tokens. Returns the new row count.
+int64_t Transformer::KeepPromptRows(int layer, Scratch& s, int64_t n, KvCache& cache,
+                                    const std::vector<int32_t>& keep, LogitRows rows) const {
+  if (keep.empty() || int64_t(keep.size()) >= n) return n;
+  if (keep.back() != n - 1) throw std::logic_error("a prompt selection must keep the last row");
+  if (rows == LogitRows::kAll) {
+    throw std::invalid_argument("this attention policy drops prompt rows, so only the last row has logits");
+  }
+  if (cache.kept(0) != n) throw std::logic_error("prompt rows can only be cut from a whole, fresh prompt");
+  const int d = config_.n_embd;
+  for (size_t i = 0; i < keep.size(); ++i) {
+    std::copy_n(&s.x[size_t(keep[i]) * d], d, &s.x[i * d]);  // keep[i] >= i: moves rows forward only
+    s.positions[i] = s.positions[keep[i]];
+  }
+  for (int l = 0; l <= layer; ++l) {
+    for (int h = 0; h < config_.n_head_kv; ++h) cache.paged().Keep(cache.sequence(), l, h, keep);
+  }
+  return int64_t(keep.size());
+}
+
 void Transformer::Forward(const int32_t* tokens, int64_t n, KvCache& cache, AttentionPolicy& attention,
                           LogitRows rows, float* logits, ThreadPool* pool) const {
   if (n < 1) return;
@@ -152,12 +168,17 @@ void Transformer::Forward(const int32_t* tokens, int64_t n, KvCache& cache, Atte
   }
   Scratch s(c, n);
   for (int64_t t = 0; t < n; ++t) s.positions[t] = int32_t(cache.length() + t);
+  // Policies that evict after a prompt take whole prompts (wants_whole_prompt), so for them every
+  // multi-token pass is a complete prompt.
+  s.prompt_end = n > 1;
   Embed(tokens, n, s.x.data());
+  const int64_t consumed = n;  // positions this pass takes, whatever rows a policy drops
   for (int l = 0; l < c.n_layer; ++l) {
     AttentionBlock(l, s, n, cache, attention, pool);
     MlpBlock(l, s, n, pool);
+    if (s.prompt_end) n = KeepPromptRows(l, s, n, cache, attention.TakePromptSelection(l), rows);
   }
-  cache.set_length(cache.length() + n);
+  cache.set_length(cache.length() + consumed);
   if (rows == LogitRows::kNone) return;
   const int64_t first = rows == LogitRows::kLast ? n - 1 : 0;
   const int64_t count = n - first;

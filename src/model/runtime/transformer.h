@@ -51,6 +51,8 @@ class Transformer {
   void AttentionBlock(int index, Scratch& s, int64_t n, KvCache& cache, AttentionPolicy& attention,
                       ThreadPool* pool) const;
   void MlpBlock(int index, Scratch& s, int64_t n, ThreadPool* pool) const;
+  int64_t KeepPromptRows(int layer, Scratch& s, int64_t n, KvCache& cache, const std::vector<int32_t>& keep,
+                         LogitRows rows) const;
   void Embed(const int32_t* tokens, int64_t n, float* x) const;
 
   ModelConfig config_;
