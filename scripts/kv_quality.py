@@ -18,17 +18,20 @@ def run(qattn, *args):
     return json.loads(out.stdout)
 
 
-def policies(budget):
-    """Each method at a total budget of `budget` cached tokens, with its other sizes scaled to it."""
-    local = max(16, budget // 4)
+def policies(budget, calibrated):
+    """Each method at a total budget of `budget` cached tokens, with its other sizes scaled to it.
+    ReKV reads n_init + n_local + topk blocks of 16: the nearest its block size allows (24 for 16)."""
+    init = 16 if budget >= 64 else 0
+    local = budget // 4 if budget >= 64 else budget // 2
     return {
         "StreamingLLM": f"streamingllm:sinks=4,budget={budget}",
         "H2O": f"h2o:budget={budget}",
         "SnapKV": f"snapkv:budget={budget},window={min(8, budget // 2)}",
         "CompressKV": f"compresskv:budget={budget},window={min(8, budget // 2)}",
+        "CompressKV (calibrated)": calibrated.replace("compresskv:", f"compresskv:budget={budget},window={min(8, budget // 2)},"),
         "Quest": f"quest:budget={budget}",
         "TokenSelect": f"tokenselect:n_init=4,n_local={budget // 4},budget={budget}",
-        "ReKV": f"rekv:block=16,n_init=16,n_local={local},topk={max(1, (budget - 16 - local) // 16)}",
+        "ReKV": f"rekv:block=16,n_init={init},n_local={local},topk={max(1, (budget - init - local) // 16)}",
         "PromptDistill": f"promptdistill:layer=1,budget={budget}",
     }
 
@@ -43,14 +46,18 @@ def main():
     a = ap.parse_args()
     common = ["-m", a.model, "--self-generate", a.tokens - 1, "--seed", a.seed, "--json"]
     budgets = [a.prompt // f for f in (2, 4, 8, 16)]
+    # CompressKV's offline step on a different sample (seed + 1) of the same model.
+    calibrated = run(a.qattn, "calibrate", "compresskv", "-m", a.model, "--runs", 16, "--self-generate", 128,
+                     "--needle", 6, "--seed", a.seed + 1, "--json")["spec"]
     print(f"KL(dense || policy) and top-1 agreement over {a.tokens - a.prompt} decode steps after a "
           f"{a.prompt}-token prompt ({a.model}, text: the model's own seeded sample)\n")
     print("| policy | " + " | ".join(f"budget {b} (1/{a.prompt // b})" for b in budgets) + " |")
     print("|---|" + "---|" * len(budgets))
-    for name in policies(budgets[0]):
+    for name in policies(budgets[0], calibrated):
         cells = []
         for b in budgets:
-            r = run(a.qattn, "eval", "kl", *common, "--decode-from", a.prompt, "--attention", policies(b)[name])
+            r = run(a.qattn, "eval", "kl", *common, "--decode-from", a.prompt, "--attention",
+                    policies(b, calibrated)[name])
             cells.append(f"{r['mean_kl']:.4f} / {r['top1_agreement']:.3f}")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
     print(f"\nPerplexity of the same {a.tokens} tokens by KV storage (prefill windows read the stored K/V)\n")

@@ -38,6 +38,8 @@ Command AddInspectCommand(CLI::App& parent);
 // Model runtime commands: run, eval {ppl,kl,logits}, gen-model, and `bench model` (under bench).
 Command AddRunCommand(CLI::App& parent);
 std::vector<Command> AddEvalCommands(CLI::App& parent);
+// `calibrate compresskv`: offline retrieval heads and layer budgets.
+Command AddCalibrateCommand(CLI::App& parent);
 Command AddGenModelCommand(CLI::App& parent);
 Command AddBenchModelCommand(CLI::App& bench);
 // `bench decode`: a KV selection/eviction policy's decode step against dense.

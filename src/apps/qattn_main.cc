@@ -123,6 +123,7 @@ int main(int argc, char** argv) {
   commands.push_back(AddInspectCommand(app));
   commands.push_back(AddRunCommand(app));
   for (Command& c : AddEvalCommands(app)) commands.push_back(c);
+  commands.push_back(AddCalibrateCommand(app));
   commands.push_back(AddGenModelCommand(app));
   for (Command& c : AddReportCommands(app)) commands.push_back(c);
   try {

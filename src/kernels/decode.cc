@@ -163,7 +163,9 @@ void AttendDecode(const DecodeArgs& a, ThreadPool* pool_arg) {
                           std::to_string(cu.size() - 1) + " sequences");
   ThreadPool& pool = pool_arg ? *pool_arg : ThreadPool::Default();
   Geometry g{map, map.shared_group(), int(a.q.shape[2]), int(a.v.shape[2]),
-             a.q.dtype == DType::kBF16 && tile::HasBf16Path(), a.variant.EffectiveScale(int(a.q.shape[2]))};
+             // the vdpbf16ps kernels hold a query in registers (d <= 512); longer rows widen to f32
+             a.q.dtype == DType::kBF16 && tile::HasBf16Path() && a.q.shape[2] <= 512,
+             a.variant.EffectiveScale(int(a.q.shape[2]))};
   const int units = map.num_q_heads / g.group;
   // Per-head contiguous keys: one unit per item, or two for grouped heads (two K and two V streams
   // in flight while the heavier compute runs measured ~5% faster). Interleaved heads: all units.

@@ -265,8 +265,10 @@ QATTN_VNNI_TARGET void ValueWeights(KvDType type, const float* p, int g, int p_s
       for (int i = 0; i < tiles_n; ++i) {
         const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(w + i * kTokens), inv));
         sum = _mm512_add_epi32(sum, q);  // nearest even above
-        if (int4) _mm512_mask_cvtsepi32_storeu_epi8(wq + i * kTokens, 0xffff, q);
-        else _mm512_mask_cvtusepi32_storeu_epi8(wq + i * kTokens, 0xffff, q);
+        // Narrowed in a register, then stored: the memory forms of vpmov[u]sdb are slow on Zen 4
+        // (they were the hottest instruction of this function).
+        const __m128i b = int4 ? _mm512_cvtsepi32_epi8(q) : _mm512_cvtusepi32_epi8(q);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(wq + i * kTokens), b);
       }
       ws.wsum[row] = _mm512_reduce_add_epi32(sum);
     }

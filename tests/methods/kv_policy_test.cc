@@ -12,6 +12,7 @@
 
 #include "core/cpu_features.h"
 #include "core/dtype.h"
+#include "methods/kv_cache/calibration.h"
 #include "methods/kv_cache/kv_policy.h"
 #include "methods/kv_cache/quest_index.h"
 
@@ -295,6 +296,84 @@ TEST(KvPolicy, QuestIndexBoundsEveryKeyOfItsPages) {
         EXPECT_NEAR(got, reference[kh * index.num_pages() + p], 0.02 * magnitude) << "page " << p;
       }
     }
+  }
+}
+
+// CompressKV calibration probes: the attention mass on a span, and the window-output error of an
+// eviction, each against a direct fp64 computation.
+TEST(KvPolicy, AttentionMassProbeMeasuresTheSpansShare) {
+  const int64_t n = 120;
+  Fixture f(n, KvDType::kF32, 10);
+  f.Fill();
+  AttentionMassProbe probe;
+  probe.SetSpan(30, 45);
+  const float* q = &f.q[(n - 1) * kHq * kDim];
+  std::vector<int64_t> offsets;
+  std::vector<KvRun> runs;
+  probe.SelectForDecode(f.At(), q, &offsets, &runs, nullptr);
+  EXPECT_EQ(Positions(runs).size(), size_t(n));  // attends to everything
+  for (int h = 0; h < kHq; ++h) {
+    std::vector<double> s(n);
+    for (int64_t t = 0; t < n; ++t) {
+      double dot = 0;
+      for (int i = 0; i < kDim; ++i) dot += double(q[h * kDim + i]) * f.key(t, h / 4)[i];
+      s[t] = dot / std::sqrt(double(kDim));
+    }
+    const double m = *std::max_element(s.begin(), s.end());
+    double total = 0, span = 0;
+    for (int64_t t = 0; t < n; ++t) {
+      total += std::exp(s[t] - m);
+      if (t >= 30 && t < 45) span += std::exp(s[t] - m);
+    }
+    EXPECT_NEAR(probe.last_step()[0][h], span / total, 1e-6) << "head " << h;
+  }
+}
+
+TEST(KvPolicy, LayerErrorMeterIsZeroWithoutEvictionAndMatchesADirectComputation) {
+  const int64_t n = 100, w = 8;
+  for (int64_t budget : {200, 40}) {
+    Fixture f(n, KvDType::kF32, 11);
+    f.Fill();
+    LayerErrorMeter meter(MakeKvPolicy("streamingllm:sinks=4,window=" + std::to_string(budget - 4)), w);
+    meter.AfterPrompt(f.At(), f.q.data(), kHq * kDim, n, nullptr);
+    // Direct: window query i (index n - w + i) over all keys <= it, and over the kept ones.
+    auto window_output = [&](bool kept_only) {
+      std::vector<double> out;
+      for (int64_t i = n - w; i < n; ++i) {
+        for (int h = 0; h < kHq; ++h) {
+          std::vector<int32_t> keys;
+          for (int32_t t = 0; t <= i; ++t) {
+            if (!kept_only || budget >= n || t < 4 || t >= n - (budget - 4)) keys.push_back(t);
+          }
+          std::vector<double> s;
+          for (int32_t t : keys) {
+            double dot = 0;
+            for (int c = 0; c < kDim; ++c) dot += double(f.q[(i * kHq + h) * kDim + c]) * f.key(t, h / 4)[c];
+            s.push_back(dot / std::sqrt(double(kDim)));
+          }
+          const double m = *std::max_element(s.begin(), s.end());
+          double sum = 0;
+          for (double& x : s) sum += (x = std::exp(x - m));
+          for (int c = 0; c < kDim; ++c) {
+            double o = 0;
+            for (size_t j = 0; j < keys.size(); ++j) o += s[j] / sum * f.value(keys[j], h / 4)[c];
+            out.push_back(o);
+          }
+        }
+      }
+      return out;
+    };
+    const std::vector<double> full = window_output(false), cut = window_output(true);
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < full.size(); ++i) {
+      diff += (cut[i] - full[i]) * (cut[i] - full[i]);
+      norm += full[i] * full[i];
+    }
+    const double want = std::sqrt(diff) / (std::sqrt(norm) + 1e-5);
+    ASSERT_EQ(meter.errors().size(), 1u);
+    EXPECT_NEAR(meter.errors()[0], want, 1e-6 + 1e-6 * want) << "budget " << budget;
+    if (budget >= n) EXPECT_EQ(meter.errors()[0], 0.0);
+    else EXPECT_GT(meter.errors()[0], 1e-3);
   }
 }
 

@@ -166,6 +166,18 @@ class Kv(unittest.TestCase):
             self.assertLess(kl["mean_kl"], 2.0, spec)
             self.assertGreater(kl["top1_agreement"], 0.3, spec)
 
+    def test_calibrate_compresskv(self):
+        r = json.loads(qattn("calibrate", "compresskv", "-m", self.stories, "--runs", "4", "--self-generate", "128",
+                             "--needle", "6", "--json").stdout)
+        self.assertEqual(len(r["head_order"]), self.model.n_layer)
+        for order in r["head_order"]:
+            self.assertEqual(sorted(order), list(range(self.model.n_head)))
+        self.assertAlmostEqual(sum(r["layer_weights"]), 1.0, delta=1e-9)
+        spec = r["spec"].replace("compresskv:", "compresskv:budget=32,window=8,")
+        kl = json.loads(qattn("eval", "kl", "-m", self.stories, "--ids", self.ids_arg, "--decode-from", "60",
+                              "--attention", spec, "--json").stdout)
+        self.assertLess(kl["mean_kl"], 2.0)
+
     def test_stats(self):
         err = qattn("run", "-m", self.stories, "-p", "Once upon a time", "-n", "20", "--temp", "0", "--stats",
                     "--kv", "int8", "--attention", "rekv:block=16,topk=2,n_init=16,n_local=16,memory_mb=0").stderr

@@ -144,7 +144,9 @@ class CompressKv final : public KvPolicy {
         heads_spec_(o.String("heads", "")), weights_spec_(o.String("layer_weights", "")) {
     if (first_k_ < 1) throw std::invalid_argument("first_k must be at least 1");
     head_order_ = ParseLists(heads_spec_);
-    for (const auto& w : ParseLists(weights_spec_)) layer_weights_.push_back(w.empty() ? 0.0 : w[0]);
+    const auto weights = ParseLists(weights_spec_);  // "w0/w1/..." one weight per layer
+    if (weights.size() > 1) throw std::invalid_argument("layer_weights is one list: w0/w1/...");
+    if (!weights.empty()) layer_weights_ = weights[0];
   }
   std::string name() const override {
     std::string s = "compresskv:" + budget_.Spec() + ",window=" + std::to_string(window_) +
@@ -228,7 +230,8 @@ class CompressKv final : public KvPolicy {
   std::vector<double> layer_weights_;
 };
 
-// Raw dot products of each query head with every token its KV head keeps: logits [H_q, n].
+}  // namespace
+
 std::vector<float> QueryLogits(const LayerRef& at, const float* q, int64_t n) {
   std::vector<float> logits(size_t(at.heads.q) * n);  // [H_q, n]
   const int g = at.heads.Group();
@@ -244,6 +247,8 @@ std::vector<float> QueryLogits(const LayerRef& at, const float* q, int64_t n) {
   }
   return logits;
 }
+
+namespace {
 
 // ---- H2O: accumulated attention (heavy hitters) + recent tokens, per KV head ----
 class H2o final : public KvPolicy {

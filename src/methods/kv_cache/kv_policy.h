@@ -66,5 +66,8 @@ std::vector<std::string> KvPolicyNames();
 void AllRuns(const LayerRef& at, std::vector<int64_t>* offsets, std::vector<KvRun>* runs);
 // The layer's keys as f32 [n, H_kv, d] (all heads must hold n tokens).
 std::vector<float> ReadKeys(const LayerRef& at);
+// Raw dot products of each query head with every token its KV head keeps, on the stored format:
+// q [H_q, d] -> [H_q, n] (n = tokens per head, equal for all heads).
+std::vector<float> QueryLogits(const LayerRef& at, const float* q, int64_t n);
 
 }  // namespace qattn::kv

@@ -217,6 +217,10 @@ class QkvDumpPolicy final : public AttentionPolicy {
 
 }  // namespace
 
+std::unique_ptr<AttentionPolicy> WrapKvPolicy(std::unique_ptr<kv::KvPolicy> policy) {
+  return std::make_unique<KvAttentionPolicy>(std::move(policy));
+}
+
 std::unique_ptr<AttentionPolicy> WithQkvDump(std::unique_ptr<AttentionPolicy> inner, const std::string& dir) {
   return std::make_unique<QkvDumpPolicy>(std::move(inner), dir);
 }
@@ -227,7 +231,7 @@ std::unique_ptr<AttentionPolicy> MakeAttentionPolicy(const std::string& spec) {
     if (name.size() != spec.size()) throw std::invalid_argument("the attention policy 'dense' takes no options");
     return std::make_unique<DensePolicy>();
   }
-  if (kv::IsKvPolicyName(name)) return std::make_unique<KvAttentionPolicy>(kv::MakeKvPolicy(spec));
+  if (kv::IsKvPolicyName(name)) return WrapKvPolicy(kv::MakeKvPolicy(spec));
   return std::make_unique<SparsePrefillPolicy>(sparse::MakeSparseMethod(spec));  // names the known ones
 }
 

@@ -64,6 +64,17 @@ class AttentionPolicy {
 // Anything else is an error (std::invalid_argument naming the known policies).
 std::unique_ptr<AttentionPolicy> MakeAttentionPolicy(const std::string& spec);
 
+}  // namespace qattn::model
+namespace qattn::kv {
+class KvPolicy;
+}
+namespace qattn::model {
+
+// A decode-time KV policy object as the runtime's attention (dense prefill, the policy's eviction
+// after the prompt and its choice of runs at each decode step). MakeAttentionPolicy uses it for
+// KV policy specs; calibration code passes its own probes.
+std::unique_ptr<AttentionPolicy> WrapKvPolicy(std::unique_ptr<kv::KvPolicy> policy);
+
 // Wraps a policy so that each layer's prefill writes its post-RoPE inputs to
 // DIR/layer{L}_{q,k,v}.npy ([n, H, d] float32) before attending: real-model inputs for
 // `qattn bench sparse --input DIR`. The prompt is then prefilled in one chunk.
