@@ -73,13 +73,16 @@ struct Piece {
 };
 
 // Pieces [p0, p1) of one unit that share a softmax step, n keys in all. `interval`: consecutive
-// positions from first_pos (the step masks by interval); else each key's own position.
+// positions from first_pos (the step masks by interval); else each key's own position. `free`:
+// no key needs its position (every key is visible and no logit hook reads positions), so pieces
+// from anywhere join one step: scattered pages (Quest, retrieval) keep 2048-key steps.
 struct Segment {
   int unit;
   size_t p0, p1;
   int n;
   bool interval;
   int64_t first_pos;
+  bool free = false;
 };
 
 // An item's pieces and segments, and the blocks in the order the loop reads them.
@@ -88,7 +91,7 @@ class SegmentPlan {
   void Clear();
   // Appends the next piece of `unit` (units in any order, each unit's pieces in key order); it
   // joins the unit's open segment if that has room and, for intervals, continues its positions.
-  void Add(const Piece& pc, bool interval, int64_t first_pos);
+  void Add(const Piece& pc, bool interval, int64_t first_pos, bool free = false);
   // Closes the open segments and orders them round robin over units (two units' K and V streams
   // in flight while the heavier compute runs measured ~5% faster), then lists the blocks.
   void Finish();

@@ -154,6 +154,17 @@ bool Hidden(const KvRun& run, int64_t first, int n, const KeyInterval& b) {
   return std::max(p0, b.lo) > std::min(p1, b.hi) && p0 > b.sink_hi;
 }
 
+// Whether keys [first, first + n) of a run need no positions: the variant has no window and no
+// ALiBi, and every key is at or before the query (causal masks nothing).
+bool PositionFree(const AttentionVariant& var, const KvRun& run, int64_t first, int n, int64_t qpos) {
+  if (var.window_left >= 0 || var.window_right >= 0 || var.alibi_slopes) return false;
+  if (!run.positions) return run.position + first + n - 1 <= qpos;
+  for (int i = 0; i < n; ++i) {
+    if (run.positions[first + i] > qpos) return false;
+  }
+  return true;
+}
+
 // Adds unit u's pieces over its tiles [k0, k1) (numbered across the head's runs), cut at run ends
 // and every chunk of keys, to the plan; pieces the query cannot see are left out.
 void PlanUnit(const PagedDecodeArgs& a, const Geometry& g, int seq, int u, int64_t k0, int64_t k1,
@@ -171,7 +182,8 @@ void PlanUnit(const PagedDecodeArgs& a, const Geometry& g, int seq, int u, int64
       const int ntiles = (n + kTileT - 1) / kTileT;
       const decode::Block kb{static_cast<const uint8_t*>(run.k) + t * g.kb, int64_t(ntiles * g.kb), int64_t(ntiles * g.kb), 1};
       const decode::Block vb{static_cast<const uint8_t*>(run.v) + t * g.vb, int64_t(ntiles * g.vb), int64_t(ntiles * g.vb), 1};
-      plan.Add({u, n, t * kTileT, &run, kb, vb}, !run.positions, RunKeys::Pos(run, t * kTileT));
+      plan.Add({u, n, t * kTileT, &run, kb, vb}, !run.positions, RunKeys::Pos(run, t * kTileT),
+               PositionFree(a.variant, run, t * kTileT, n, a.query_positions[seq]));
     }
     first_tile += tiles;
   }

@@ -356,11 +356,11 @@ class Quest final : public KvPolicy {
       return;
     }
     const QuestIndex& index = Update(at, n);
-    const std::vector<float> scores = index.Scores(q, at.heads, pool);  // [H_kv, pages]
+    const int64_t stride = index.ScoresInto(q, at.heads, pool, &scores_);  // [H_kv, stride]
     const int64_t num_pages = index.num_pages();
     std::vector<std::vector<int32_t>> pages(at.heads.kv);  // [H_kv] chosen pages
     auto select = [&](int64_t h, int) {
-      const std::span<const float> row(&scores[size_t(h) * num_pages], size_t(num_pages));
+      const std::span<const float> row(&scores_[size_t(h) * stride], size_t(num_pages));
       pages[h] = QuestSelectPages(row, budget, page_);
     };
     if (pool) pool->ParallelFor(at.heads.kv, select);
@@ -393,6 +393,7 @@ class Quest final : public KvPolicy {
   Budget budget_;
   int page_, skip_layers_;
   std::map<int, QuestIndex> index_;  // layer -> bounds of every page
+  std::vector<float> scores_;        // [H_kv, stride] page scores of the current step (reused)
 };
 
 // Scratch tiles holding gathered tokens of each KV head (for token-level selection).

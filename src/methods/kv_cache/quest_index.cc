@@ -86,7 +86,7 @@ QATTN_QUEST_BF16 void ScoreGroupsBf16T(const uint16_t* pairs, int d, const uint1
 // Heads in chunks of up to 8 (accumulators stay in registers), the running max across chunks.
 QATTN_QUEST_BF16 void ScoreGroupsBf16(const uint16_t* pairs, int g, int d, const uint16_t* blocks, int64_t groups,
                                       float* out) {
-  std::vector<float> part(size_t(groups) * QuestIndex::kGroup);  // [groups * 16]
+  std::vector<float> part(g > 8 || (g != 8 && g != 4 && g != 2) ? size_t(groups) * QuestIndex::kGroup : 0);
   for (int h0 = 0; h0 < g; h0 += 8) {
     const int n = std::min(8, g - h0);
     float* dst = h0 == 0 ? out : part.data();
@@ -150,11 +150,11 @@ void QuestIndex::Append(const float* keys, int64_t n) {
   }
 }
 
-std::vector<float> QuestIndex::Scores(const float* q, const Heads& heads, ThreadPool* pool) const {
-  const int64_t pages = num_pages(), groups = (pages + kGroup - 1) / kGroup;
+int64_t QuestIndex::ScoresInto(const float* q, const Heads& heads, ThreadPool* pool, std::vector<float>* out) const {
+  const int64_t pages = num_pages(), groups = (pages + kGroup - 1) / kGroup, stride = groups * kGroup;
   const int g = heads.Group();
-  // Padded to whole groups per head: [H_kv, groups * 16]; trimmed to [H_kv, pages] at the end.
-  std::vector<float> padded(size_t(num_kv_heads_) * groups * kGroup);
+  out->resize(size_t(num_kv_heads_) * stride);
+  const std::vector<uint16_t> pairs = QueryPairs(q, heads.q, dim_);  // [H_q, d, 2]
   const bool bf16 = UseBf16();
   // Work items: (KV head, run of groups), enough for the pool to balance.
   constexpr int64_t kGroupsPerItem = 64;
@@ -162,18 +162,22 @@ std::vector<float> QuestIndex::Scores(const float* q, const Heads& heads, Thread
   auto item = [&](int64_t index, int) {
     const int h = int(index / chunks);
     const int64_t g0 = (index % chunks) * kGroupsPerItem, count = std::min(kGroupsPerItem, groups - g0);
-    const std::vector<uint16_t> pairs = QueryPairs(q + size_t(h) * g * dim_, g, dim_);  // [g, d, 2]
-    float* out = &padded[(size_t(h) * groups + g0) * kGroup];
+    const uint16_t* head_pairs = &pairs[size_t(h) * g * dim_ * 2];  // [g, d, 2] of this KV head's queries
     const uint16_t* blocks = &bounds_[h][size_t(GroupOffset(h, g0))];
-    if (bf16) ScoreGroupsBf16(pairs.data(), g, dim_, blocks, count, out);
-    else ScoreGroupsPortable(pairs.data(), g, dim_, blocks, count, out);
+    float* dst = out->data() + size_t(h) * stride + g0 * kGroup;
+    if (bf16) ScoreGroupsBf16(head_pairs, g, dim_, blocks, count, dst);
+    else ScoreGroupsPortable(head_pairs, g, dim_, blocks, count, dst);
   };
   if (pool && num_kv_heads_ * chunks > 1) pool->ParallelFor(num_kv_heads_ * chunks, item);
   else for (int64_t i = 0; i < num_kv_heads_ * chunks; ++i) item(i, 0);
+  return stride;
+}
+
+std::vector<float> QuestIndex::Scores(const float* q, const Heads& heads, ThreadPool* pool) const {
+  std::vector<float> padded;
+  const int64_t stride = ScoresInto(q, heads, pool, &padded), pages = num_pages();
   std::vector<float> scores(size_t(num_kv_heads_) * pages);  // [H_kv, pages]
-  for (int h = 0; h < num_kv_heads_; ++h) {
-    std::copy_n(&padded[size_t(h) * groups * kGroup], pages, &scores[size_t(h) * pages]);
-  }
+  for (int h = 0; h < num_kv_heads_; ++h) std::copy_n(&padded[size_t(h) * stride], pages, &scores[size_t(h) * pages]);
   return scores;
 }
 

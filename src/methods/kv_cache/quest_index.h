@@ -31,6 +31,9 @@ class QuestIndex {
   // Page scores [H_kv, num_pages]: per KV head the max over its group's query heads of U(page).
   // q [H_q, d]. Uses vdpbf16ps where the CPU has it; the portable path computes the same sums.
   std::vector<float> Scores(const float* q, const Heads& heads, ThreadPool* pool = nullptr) const;
+  // The same into a reused buffer (decode calls this every step; fresh 100+ KiB buffers cost page
+  // faults): out [H_kv, stride] with row h's first num_pages() entries the scores. Returns stride.
+  int64_t ScoresInto(const float* q, const Heads& heads, ThreadPool* pool, std::vector<float>* out) const;
   size_t bytes() const { return bounds_.empty() ? 0 : bounds_.size() * bounds_[0].size() * sizeof(uint16_t); }
 
  private:
