@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "core/aligned_buffer.h"
+#include "kernels/tile_ops.h"
 #include "methods/kv_cache/kv_policy_internal.h"
 #include "methods/kv_cache/quest_index.h"
 #include "methods/sparse_prefill/sparse_method.h"
@@ -232,20 +233,49 @@ class CompressKv final : public KvPolicy {
 
 }  // namespace
 
-std::vector<float> QueryLogits(const LayerRef& at, const float* q, int64_t n) {
-  std::vector<float> logits(size_t(at.heads.q) * n);  // [H_q, n]
+void QueryLogitsInto(const LayerRef& at, const float* q, int64_t n, std::vector<float>* out, ThreadPool* pool) {
+  out->resize(size_t(at.heads.q) * n);  // [H_q, n]
   const int g = at.heads.Group();
-  for (int kh = 0; kh < at.heads.kv; ++kh) {
+  auto head = [&](int64_t kh, int) {
     std::vector<KvRun> runs;
-    at.cache->AppendRuns(at.seq, at.layer, kh, &runs);
+    at.cache->AppendRuns(at.seq, at.layer, int(kh), &runs);
     int64_t t0 = 0;
     for (const KvRun& r : runs) {
-      KvDotRun(at.cache->config().dtype, q + int64_t(kh) * g * at.heads.dim, g, at.heads.dim, r,
-               &logits[size_t(kh) * g * n + t0], n);
+      KvDotRun(at.cache->config().dtype, q + kh * g * at.heads.dim, g, at.heads.dim, r,
+               out->data() + size_t(kh) * g * n + t0, n);
       t0 += r.tokens;
     }
-  }
+  };
+  if (pool) pool->ParallelFor(at.heads.kv, head);  // each KV head's keys are one stream
+  else for (int kh = 0; kh < at.heads.kv; ++kh) head(kh, 0);
+}
+
+std::vector<float> QueryLogits(const LayerRef& at, const float* q, int64_t n) {
+  std::vector<float> logits;
+  QueryLogitsInto(at, q, n, &logits, nullptr);
   return logits;
+}
+
+// Row softmax on the core's vectorised exp, in place: row h of x [rows, stride] holds m logits
+// then padding up to stride (a multiple of 16; the caller fills it with -inf); on return the row
+// holds the probabilities softmax_i(scale * x[h, i]).
+void SoftmaxRowsInPlace(float* x, int rows, int64_t m, int64_t stride, float scale) {
+  std::vector<float> mx(rows, -INFINITY), l(rows, 0.0f), alpha(rows);  // [rows] each
+  tile::SoftmaxStep step;
+  step.s = x;
+  step.rows = rows;
+  step.cols = int(stride);
+  step.s_stride = int(stride);
+  step.scale = scale;
+  step.m = mx.data();
+  step.l = l.data();
+  step.alpha = alpha.data();
+  tile::SoftmaxUpdate(step);  // x = exp(scale * x - max), l = row sums
+  for (int h = 0; h < rows; ++h) {
+    const float inv = l[h] > 0 ? 1.0f / l[h] : 0.0f;
+    float* row = x + size_t(h) * stride;
+    for (int64_t i = 0; i < m; ++i) row[i] *= inv;
+  }
 }
 
 namespace {
@@ -279,13 +309,16 @@ class H2o final : public KvPolicy {
     if (rows.empty()) rows.assign(at.heads.kv, {});
     const int64_t n = at.cache->length(at.seq, at.layer, 0);
     if (!budgets_.count(at.layer)) budgets_[at.layer] = budget_.For(n);
-    const std::vector<float> logits = QueryLogits(at, q, n);  // [H_q, n]
-    std::vector<float> probs(logits.size());                   // [H_q, n]
-    const float scale = 1.0f / std::sqrt(float(at.heads.dim));
-    for (int h = 0; h < at.heads.q; ++h) Softmax(&logits[size_t(h) * n], n, scale, &probs[size_t(h) * n]);
+    const int64_t stride = (n + 15) / 16 * 16;
+    QueryLogitsInto(at, q, n, &logits_, nullptr);  // [H_q, n]
+    probs_.assign(size_t(at.heads.q) * stride, -INFINITY);  // [H_q, stride]
+    for (int h = 0; h < at.heads.q; ++h) std::copy_n(&logits_[size_t(h) * n], n, &probs_[size_t(h) * stride]);
+    SoftmaxRowsInPlace(probs_.data(), at.heads.q, n, stride, 1.0f / std::sqrt(float(at.heads.dim)));
     for (int kh = 0; kh < at.heads.kv; ++kh) rows[kh].resize(n, 0.0f);  // the new token starts at 0
     std::vector<float> flat(size_t(at.heads.kv) * n);  // [H_kv, n]
     for (int kh = 0; kh < at.heads.kv; ++kh) std::copy(rows[kh].begin(), rows[kh].end(), flat.begin() + kh * n);
+    std::vector<float> probs(size_t(at.heads.q) * n);  // [H_q, n]
+    for (int h = 0; h < at.heads.q; ++h) std::copy_n(&probs_[size_t(h) * stride], n, &probs[size_t(h) * n]);
     H2oAccumulateStep(probs.data(), at.heads, n, flat.data(), n);  // accumulate before evicting
     const int64_t budget = budgets_[at.layer];
     for (int kh = 0; kh < at.heads.kv; ++kh) {
@@ -303,13 +336,6 @@ class H2o final : public KvPolicy {
   }
 
  private:
-  static void Softmax(const float* x, int64_t n, float scale, float* p) {
-    float m = -INFINITY;
-    for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i] * scale);
-    double sum = 0;
-    for (int64_t i = 0; i < n; ++i) sum += (p[i] = std::exp(x[i] * scale - m));
-    for (int64_t i = 0; i < n; ++i) p[i] = float(p[i] / sum);
-  }
   int64_t Recent(int64_t budget) const { return int64_t(std::llround(recent_frac_ * budget)); }
   void Keep(const LayerRef& at, int h, const std::vector<int32_t>& keep) {
     at.cache->Keep(at.seq, at.layer, h, keep);
@@ -322,6 +348,7 @@ class H2o final : public KvPolicy {
   double recent_frac_;
   std::map<int, std::vector<std::vector<float>>> scores_;  // layer -> [H_kv][kept] accumulated attention
   std::map<int, int64_t> budgets_;                         // layer -> tokens
+  std::vector<float> logits_, probs_;                      // [H_q, n], [H_q, stride] this step's
 };
 
 // Runs covering the given sorted 16-token pages of one head (adjacent pages merged).
@@ -458,7 +485,7 @@ class TokenSelect final : public KvPolicy {
   void Reset() override { caches_.clear(); }
   int64_t reused() const { return reused_; }
   void SelectForDecode(const LayerRef& at, const float* q, std::vector<int64_t>* offsets, std::vector<KvRun>* runs,
-                       ThreadPool*) override {
+                       ThreadPool* pool) override {
     const int64_t n = at.cache->length(at.seq, at.layer, 0);
     // top_k, or what the budget leaves after the initial and local tokens.
     const int64_t top_k = top_k_ > 0 ? top_k_ : std::max<int64_t>(1, budget_.For(n) - n_init_ - n_local_);
@@ -481,7 +508,7 @@ class TokenSelect final : public KvPolicy {
       keep.erase(std::unique(keep.begin(), keep.end()), keep.end());
       ++reused_;
     } else {
-      keep = Select(at, q, n, top_k);
+      keep = Select(at, q, n, top_k, pool);
       cache.Store(fingerprint, keep);
     }
     offsets->assign(1, int64_t(runs->size()));
@@ -492,20 +519,21 @@ class TokenSelect final : public KvPolicy {
   }
 
  private:
-  std::vector<int32_t> Select(const LayerRef& at, const float* q, int64_t n, int64_t top_k) {
-    const std::vector<float> logits = QueryLogits(at, q, n);  // [H_q, n]
-    const int64_t begin = n_init_, end = n - n_local_, m = end - begin;
-    const float scale = scaled_ ? 1.0f / std::sqrt(float(at.heads.dim)) : 1.0f;
-    std::vector<double> c(size_t(m), 0.0);  // [m] summed per-head softmax over the candidates
+  std::vector<int32_t> Select(const LayerRef& at, const float* q, int64_t n, int64_t top_k, ThreadPool* pool) {
+    const int64_t begin = n_init_, end = n - n_local_, m = end - begin, stride = (m + 15) / 16 * 16;
+    QueryLogitsInto(at, q, n, &logits_, pool);  // [H_q, n]
+    // Soft vote: per-head softmax over the candidates, summed over heads.
+    probs_.resize(size_t(at.heads.q) * stride);  // [H_q, stride]
     for (int h = 0; h < at.heads.q; ++h) {
-      const float* s = &logits[size_t(h) * n + begin];
-      float mx = -INFINITY;
-      for (int64_t i = 0; i < m; ++i) mx = std::max(mx, s[i] * scale);
-      double sum = 0;
-      for (int64_t i = 0; i < m; ++i) sum += std::exp(double(s[i] * scale - mx));
-      for (int64_t i = 0; i < m; ++i) c[i] += std::exp(double(s[i] * scale - mx)) / sum;
+      float* row = &probs_[size_t(h) * stride];
+      std::copy_n(&logits_[size_t(h) * n + begin], m, row);
+      std::fill(row + m, row + stride, -INFINITY);
     }
-    std::vector<float> crit(c.begin(), c.end());
+    SoftmaxRowsInPlace(probs_.data(), at.heads.q, m, stride, scaled_ ? 1.0f / std::sqrt(float(at.heads.dim)) : 1.0f);
+    std::vector<float> crit(size_t(m), 0.0f);  // [m]
+    for (int h = 0; h < at.heads.q; ++h) {
+      for (int64_t i = 0; i < m; ++i) crit[i] += probs_[size_t(h) * stride + i];
+    }
     if (kernel_ > 1) crit = Pool1d(crit, kernel_, PoolKind::kMax);
     return TokenSelectKeep(crit, n, n_init_, n_local_, top_k);
   }
@@ -518,6 +546,7 @@ class TokenSelect final : public KvPolicy {
   int64_t reused_ = 0;
   std::map<int, SelectionCache> caches_;
   GatherBuffer gather_;
+  std::vector<float> logits_, probs_;  // [H_q, n], [H_q, stride] this step's (reused)
 };
 
 struct PolicyInfo {
