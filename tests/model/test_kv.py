@@ -191,6 +191,15 @@ class Kv(unittest.TestCase):
             r = qattn("run", "-m", self.stories, "-p", "Hi", "-n", "4", *args, expect=2)
             self.assertIn(needle, r.stderr)
             self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
+        for args, needle in ((["bench", "decode", "--policy", "nosuch", "--nkv", "64"], "nosuch"),
+                             (["bench", "decode", "--nkv", "64", "--kv", "int3"], "int3"),
+                             (["bench", "decode", "--nkv", "64", "--hq", "6", "--hkv", "4"], "--hq"),
+                             (["calibrate", "compresskv", "-m", self.stories, "--runs", "0"], "--runs"),
+                             (["eval", "kl", "-m", self.stories, "--ids", "1 2 3", "--decode-from", "5",
+                               "--attention", "dense"], "prompt length")):
+            r = qattn(*args, expect=2)
+            self.assertIn(needle, r.stderr)
+            self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)
 
 
 if __name__ == "__main__":
