@@ -92,6 +92,22 @@ def check_attention_runs(f, qattn, env, cache_file):
     if obj:
         f.check(obj["kv_bytes"] == 2 * 256 * (2 * 32 + 2 * 32), f"decode: kv_bytes {obj['kv_bytes']}")
         f.check(obj["fraction_basis"] == "memory_bandwidth", f"decode: basis {obj['fraction_basis']}")
+    # Paged int8 KV: the bytes read are the stored ones (d int8 values + one f32 scale per token,
+    # head and K or V: 2 heads x 256 tokens x 2 x (32 + 4)).
+    obj = check_attention(f, qattn, env, "decode int8 KV", ["--nq", "1", "--nkv", "256", "--kv", "int8"], "decode",
+                          "int8")
+    if obj:
+        f.check(obj["kv_bytes"] == 2 * 256 * 2 * (32 + 4), f"decode int8: kv_bytes {obj['kv_bytes']}")
+    r = run(qattn, ["bench", "decode", "--json", "--nkv", "512", "--hq", "4", "--hkv", "2", "--d", "32", "--budget",
+                    "64", "--steps", "2", "--threads", "1"], env=env)
+    obj = parse_json(f, "bench decode", r, {"policy": str, "seconds": float, "dense_seconds": float,
+                                            "speedup": float, "bytes_read": float, "select_seconds": float,
+                                            "attend_seconds": float, "dense_bytes_read": float})
+    if obj:
+        # Quest reads 64 tokens of each of 2 heads (bf16 K and V of 32 dims: 128 bytes per token).
+        f.check(obj["bytes_read"] == 64 * 2 * 128 and obj["dense_bytes_read"] == 512 * 2 * 128,
+                f"bench decode: bytes {obj['bytes_read']} / {obj['dense_bytes_read']}")
+        f.check(close(obj["speedup"], obj["dense_seconds"] / obj["seconds"]), "bench decode: speedup")
     obj = check_attention(f, qattn, env, "diffqkv layout", ["--nq", "16", "--nkv", "48", "--hk", "1", "--hv", "4",
                                                             "--dv", "16"], "prefill", "f32")
     if obj:
