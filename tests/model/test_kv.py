@@ -156,6 +156,41 @@ class Kv(unittest.TestCase):
         dense = self.model.logits(self.ids)[prompt - 1:len(self.ids) - 1]
         self.assertGreater(np.abs(dense - want).max() / np.abs(want).max(), 100 * err)  # the mask mattered
 
+    def test_promptdistill_matches_reference_with_the_same_cut(self):
+        # The spec's consistency oracle: after layer 1 only the top-B prompt rows (scored by the last
+        # prompt token's query against every key, summed over heads) continue, keeping their
+        # positions; decode steps then see, in layers 0..1, the kept prompt tokens and the decoded
+        # ones. The reference picks the rows itself and runs exactly that.
+        prompt, layer, budget = 60, 1, 24
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "logits.npy")
+            qattn("eval", "logits", "-m", self.stories, "--ids", self.ids_arg, "--decode-from", prompt,
+                  "--attention", f"promptdistill:layer={layer},budget={budget}", "-o", path)
+            got = np.load(path)
+        cap = {layer: {}}
+        self.model.logits(self.ids[:prompt], capture=cap)
+        q, k = cap[layer]["q"][:, -1], cap[layer]["k"]  # [H, hd], [H_kv, prompt, hd]
+        group = self.model.n_head // self.model.n_head_kv
+        scores = sum(k[h // group] @ q[h] for h in range(self.model.n_head))  # [prompt]
+        scores[prompt - 1] = float("inf")  # the last prompt row always stays
+        order = sorted(range(prompt), key=lambda t: (-float(scores[t]), t))
+        kept = torch.tensor(sorted(order[:budget]))
+        keep_rows = torch.cat([kept, torch.arange(prompt, len(self.ids))])
+        in_kept = torch.zeros(len(self.ids), dtype=torch.bool)
+        in_kept[kept] = True
+
+        def early(i, j):  # layers 0..1: decode rows see the kept prompt tokens and the decoded ones
+            return (i < prompt) | in_kept[j] | (j >= prompt)
+
+        want_all = self.model.logits(self.ids, layer_masks={l: early for l in range(layer + 1)},
+                                     keep_after={layer: keep_rows})
+        want = want_all[budget - 1:len(keep_rows) - 1]  # the last prompt row, then every decode row
+        self.assertEqual(got.shape, want.shape)
+        err = np.abs(got - want).max() / np.abs(want).max()
+        self.assertLess(err, 1e-5)
+        dense = self.model.logits(self.ids)[prompt - 1:len(self.ids) - 1]
+        self.assertGreater(np.abs(dense - want).max() / np.abs(want).max(), 100 * err)
+
     def test_small_budgets_run_and_stay_close(self):
         for spec in ("streamingllm:budget=32", "snapkv:budget=32,window=8", "compresskv:budget=32",
                      "h2o:budget=32", "quest:budget=32,skip_layers=0", "tokenselect:n_init=8,n_local=8,top_k=16",

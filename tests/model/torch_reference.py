@@ -169,13 +169,15 @@ class Model:
             r = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
         return torch.cat([r, rest], dim=-1)
 
-    def attention(self, L, x, pos, extra_mask=None, kv_fn=None):
+    def attention(self, L, x, pos, extra_mask=None, kv_fn=None, capture=None):
         n, hd = x.shape[0], self.head_dim
         proj = lambda k: self.mm(x, L[k]) + (L[k + ".bias"] if L[k + ".bias"] is not None else 0)
         q = proj("attn_q").view(n, self.n_head, hd).transpose(0, 1)
         k = proj("attn_k").view(n, self.n_head_kv, hd).transpose(0, 1)
         v = proj("attn_v").view(n, self.n_head_kv, hd).transpose(0, 1)
         q, k = self.rope(q, pos), self.rope(k, pos)
+        if capture is not None:  # post-RoPE q [n_head, n, hd] and k [n_head_kv, n, hd]
+            capture["q"], capture["k"] = q, k
         if kv_fn is not None:  # e.g. quantize the cached keys and values as a KV format would
             k, v = kv_fn(k), kv_fn(v)
         group = self.n_head // self.n_head_kv  # query head h uses KV head h // group
@@ -198,15 +200,22 @@ class Model:
         return self.mm(torch.nn.functional.silu(self.mm(x, L["ffn_gate"])) * self.mm(x, L["ffn_up"]), L["ffn_down"])
 
     @torch.no_grad()
-    def logits(self, tokens, extra_mask=None, kv_fn=None):
+    def logits(self, tokens, extra_mask=None, kv_fn=None, layer_masks=None, keep_after=None, capture=None):
         """extra_mask(i, j) -> bool tensor: keys j each query row i may also see (besides causal);
-        kv_fn(t) -> t: applied to post-RoPE keys and to values, [heads, n, head_dim]."""
+        kv_fn(t) -> t: applied to post-RoPE keys and to values, [heads, n, head_dim];
+        layer_masks {layer: mask}: replaces extra_mask in that layer;
+        keep_after {layer: row indices}: only those rows continue after that layer;
+        capture {layer: {}}: filled with that layer's post-RoPE "q" [H, n, hd] and "k" [H_kv, n, hd]."""
         tokens = torch.as_tensor(list(tokens), dtype=torch.long)
         pos = torch.arange(len(tokens))
         x = self.tok_embd[tokens]
-        for L in self.layers:
-            x = x + self.attention(L, rms_norm(x, L["attn_norm"], self.eps), pos, extra_mask, kv_fn)
+        for index, L in enumerate(self.layers):
+            mask = (layer_masks or {}).get(index, extra_mask)
+            cap = (capture or {}).get(index)
+            x = x + self.attention(L, rms_norm(x, L["attn_norm"], self.eps), pos, mask, kv_fn, cap)
             x = x + self.mlp(L, rms_norm(x, L["ffn_norm"], self.eps))
+            if keep_after and index in keep_after:
+                x, pos = x[keep_after[index]], pos[keep_after[index]]
         return self.mm(rms_norm(x, self.output_norm, self.eps), self.output).numpy()
 
     def greedy(self, tokens, n_new):
