@@ -27,6 +27,7 @@ def policies(budget, calibrated):
         "StreamingLLM": f"streamingllm:sinks=4,budget={budget}",
         "H2O": f"h2o:budget={budget}",
         "SnapKV": f"snapkv:budget={budget},window={min(8, budget // 2)}",
+        "SnapKV (adaptive head budgets)": f"snapkv:budget={budget},window={min(8, budget // 2)},head_budgets=adaptive",
         "CompressKV": f"compresskv:budget={budget},window={min(8, budget // 2)}",
         "CompressKV (calibrated)": calibrated.replace("compresskv:", f"compresskv:budget={budget},window={min(8, budget // 2)},"),
         "Quest": f"quest:budget={budget}",

@@ -128,6 +128,27 @@ TEST(KvPolicy, EveryPolicyWithTheWholeContextEqualsDense) {
   }
 }
 
+// SnapKV with adaptive per-head budgets: heads keep different numbers of tokens (B x H_kv in all),
+// and decode over those unequal heads equals fp64 attention over exactly what each head kept.
+TEST(KvPolicy, SnapKvAdaptiveHeadBudgetsKeepUnequalHeads) {
+  const int64_t n = 200;
+  Fixture f(n, KvDType::kF32, 12);
+  for (int64_t t = 0; t < n; ++t) {  // make KV head 0's attention far more concentrated than head 1's
+    for (int i = 0; i < kDim; ++i) f.k[(t * kHkv + 0) * kDim + i] *= (t % 50 == 0) ? 6.0f : 0.2f;
+  }
+  f.Fill();
+  auto p = MakeKvPolicy("snapkv:budget=40,window=8,head_budgets=adaptive");
+  p->AfterPrompt(f.At(), f.q.data(), kHq * kDim, n, nullptr);
+  const int64_t a = f.cache.length(f.seq, 0, 0), b = f.cache.length(f.seq, 0, 1);
+  EXPECT_EQ(a + b, 2 * 40);
+  EXPECT_NE(a, b);
+  std::vector<std::vector<int32_t>> kept(kHkv);
+  for (int h = 0; h < kHkv; ++h) kept[h] = f.cache.positions(f.seq, 0, h);
+  for (int h = 0; h < kHkv; ++h) EXPECT_EQ(kept[h].back(), int32_t(n - 1));  // the window stays
+  const float* q = &f.q[(n - 1) * kHq * kDim];
+  ExpectNear(Step(*p, f, q), Reference(f, q, kept), "snapkv adaptive");
+}
+
 TEST(KvPolicy, StreamingLlmKeepsSinksAndTheRecentWindow) {
   Fixture f(200);
   f.Fill();
@@ -383,6 +404,7 @@ TEST(KvPolicy, UnknownNamesAndBadOptionsAreRefused) {
   EXPECT_THROW(MakeKvPolicy("snapkv:pool=median"), std::invalid_argument);
   EXPECT_THROW(MakeKvPolicy("rekv:block=20"), std::invalid_argument);
   EXPECT_THROW(MakeKvPolicy("quest:page=24"), std::invalid_argument);
+  EXPECT_THROW(MakeKvPolicy("snapkv:head_budgets=sometimes"), std::invalid_argument);
   EXPECT_THROW(MakeKvPolicy("h2o:nonsense=1"), std::invalid_argument);
 }
 

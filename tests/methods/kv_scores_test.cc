@@ -736,5 +736,25 @@ TEST(KvHeads, RejectsBadLayouts) {
   EXPECT_THROW(KeepTopK(x, -1), std::invalid_argument);
 }
 
+// Per-head budgets from scores: the best entries over all rows jointly, counted per row.
+TEST(KvBudgets, FromScoresFollowTheJointTopEntries) {
+  const std::vector<float> scores = {0.90f, 0.05f, 0.03f, 0.02f,   // a concentrated head
+                                     0.26f, 0.25f, 0.25f, 0.24f};  // a diffuse one
+  EXPECT_EQ(BudgetsFromScores(scores.data(), 2, 4, 4), (std::vector<int64_t>{1, 3}));
+  EXPECT_EQ(BudgetsFromScores(scores.data(), 2, 4, 8), (std::vector<int64_t>{4, 4}));
+  EXPECT_EQ(BudgetsFromScores(scores.data(), 2, 4, 0), (std::vector<int64_t>{0, 0}));
+  // Random rows: counts sum to the total and equal a naive joint sort.
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u;
+  std::vector<float> r(3 * 50);
+  for (float& x : r) x = u(rng);
+  std::vector<std::pair<float, int>> all;
+  for (int i = 0; i < 150; ++i) all.push_back({-r[i], i});
+  std::sort(all.begin(), all.end());
+  std::vector<int64_t> want(3, 0);
+  for (int i = 0; i < 70; ++i) ++want[all[i].second / 50];
+  EXPECT_EQ(BudgetsFromScores(r.data(), 3, 50, 70), want);
+}
+
 }  // namespace
 }  // namespace qattn::kv

@@ -127,7 +127,8 @@ class Kv(unittest.TestCase):
     def test_whole_context_budgets_equal_dense(self):
         dense_ids = qattn("run", "-m", self.stories, "-p", "Once upon a time", "-n", "60", "--temp", "0",
                           "--print-ids", "--no-stats").stdout.split()
-        for spec in ("streamingllm:budget=4096", "snapkv:budget=4096", "compresskv:budget=4096", "h2o:budget=4096",
+        for spec in ("streamingllm:budget=4096", "snapkv:budget=4096", "snapkv:budget=4096,head_budgets=adaptive",
+                     "compresskv:budget=4096", "h2o:budget=4096",
                      "quest:budget=4096", "tokenselect:top_k=4096", "rekv:topk=1000,n_init=16,n_local=32,block=16",
                      "promptdistill:budget=4096"):
             got = qattn("run", "-m", self.stories, "-p", "Once upon a time", "-n", "60", "--temp", "0",
@@ -192,7 +193,8 @@ class Kv(unittest.TestCase):
         self.assertGreater(np.abs(dense - want).max() / np.abs(want).max(), 100 * err)
 
     def test_small_budgets_run_and_stay_close(self):
-        for spec in ("streamingllm:budget=32", "snapkv:budget=32,window=8", "compresskv:budget=32",
+        for spec in ("streamingllm:budget=32", "snapkv:budget=32,window=8",
+                     "snapkv:budget=32,window=8,head_budgets=adaptive", "compresskv:budget=32",
                      "h2o:budget=32", "quest:budget=32,skip_layers=0", "tokenselect:n_init=8,n_local=8,top_k=16",
                      "rekv:block=16,topk=1,n_init=16,n_local=16,memory_mb=0", "promptdistill:layer=1,budget=24"):
             kl = json.loads(qattn("eval", "kl", "-m", self.stories, "--ids", self.ids_arg, "--decode-from", "60",

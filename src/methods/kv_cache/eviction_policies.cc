@@ -41,10 +41,15 @@ class SnapKv final : public KvPolicy {
  public:
   explicit SnapKv(MethodOptions& o)
       : budget_(Budget::Read(o, 1024)), window_(o.Int("window", 32)), kernel_(int(o.Int("kernel", 7))),
-        pool_name_(o.String("pool", "max")), pool_(ParsePool(pool_name_)) {}
+        pool_name_(o.String("pool", "max")), pool_(ParsePool(pool_name_)),
+        head_budgets_(o.String("head_budgets", "uniform")) {
+    if (head_budgets_ != "uniform" && head_budgets_ != "adaptive") {
+      throw std::invalid_argument("head_budgets must be uniform or adaptive, got '" + head_budgets_ + "'");
+    }
+  }
   std::string name() const override {
     return "snapkv:" + budget_.Spec() + ",window=" + std::to_string(window_) + ",kernel=" + std::to_string(kernel_) +
-           ",pool=" + pool_name_;
+           ",pool=" + pool_name_ + ",head_budgets=" + head_budgets_;
   }
   void AfterPrompt(const LayerRef& at, const float* q, int64_t q_stride, int64_t n, ThreadPool* pool) override {
     const int64_t budget = budget_.For(n), w = std::min(window_, n);
@@ -52,9 +57,20 @@ class SnapKv final : public KvPolicy {
     const std::vector<float> qw = LastRows(q, q_stride, n, w, at.heads);
     const std::vector<float> keys = ReadKeys(at);
     const std::vector<float> window = WindowAttentionScores(qw.data(), keys.data(), at.heads, n, w, pool);
-    const std::vector<float> scores = SnapKvScores(window.data(), at.heads, n - w, kernel_, pool_);
-    const auto keep = SnapKvSelect(scores.data(), at.heads.kv, n, w, budget);
-    for (int h = 0; h < at.heads.kv; ++h) at.cache->Keep(at.seq, at.layer, h, keep[h]);
+    const std::vector<float> scores = SnapKvScores(window.data(), at.heads, n - w, kernel_, pool_);  // [H_kv, n - w]
+    if (head_budgets_ == "uniform") {
+      const auto keep = SnapKvSelect(scores.data(), at.heads.kv, n, w, budget);
+      for (int h = 0; h < at.heads.kv; ++h) at.cache->Keep(at.seq, at.layer, h, keep[h]);
+      return;
+    }
+    // Adaptive: the layer's prefix budget over all KV heads jointly, so each head keeps as many
+    // tokens as its scores earn (the window stays in every head).
+    const int64_t prefix_total = std::max<int64_t>(0, budget - w) * at.heads.kv;
+    const std::vector<int64_t> per_head = BudgetsFromScores(scores.data(), at.heads.kv, n - w, prefix_total);
+    for (int h = 0; h < at.heads.kv; ++h) {
+      const std::span<const float> row(&scores[size_t(h) * (n - w)], size_t(n - w));
+      at.cache->Keep(at.seq, at.layer, h, KeepPrefixTopAndWindow(row, n, w, per_head[h] + w));
+    }
   }
   void SelectForDecode(const LayerRef& at, const float*, std::vector<int64_t>* offsets, std::vector<KvRun>* runs,
                        ThreadPool*) override {
@@ -67,6 +83,7 @@ class SnapKv final : public KvPolicy {
   int kernel_;
   std::string pool_name_;
   PoolKind pool_;
+  std::string head_budgets_;  // "uniform" (B per head) or "adaptive" (B x H_kv over the layer's heads)
 };
 
 // ---- CompressKV: SnapKV-style scores from the layer's semantic retrieval heads only, one index

@@ -180,6 +180,14 @@ std::vector<int64_t> ErrorAwareLayerBudgets(std::span<const double> layer_weight
   return budget;
 }
 
+std::vector<int64_t> BudgetsFromScores(const float* scores, int rows, int64_t m, int64_t total) {
+  if (rows <= 0 || m < 0 || total < 0) Fail("per-head budgets need rows > 0, m >= 0 and total >= 0");
+  const std::span<const float> all(scores, size_t(rows) * size_t(m));
+  std::vector<int64_t> counts(rows, 0);
+  for (int32_t flat : KeepTopK(all, total)) ++counts[flat / m];  // flat index = row * m + token
+  return counts;
+}
+
 std::vector<int64_t> SplitEvenly(int64_t total, int parts) {
   if (parts <= 0 || total < 0) Fail("split needs parts > 0 and total >= 0");
   std::vector<int64_t> out(parts, total / parts);

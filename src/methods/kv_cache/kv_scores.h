@@ -68,6 +68,12 @@ std::vector<int64_t> UniformBudget(int num_layers, int64_t average_budget);
 std::vector<int64_t> ErrorAwareLayerBudgets(std::span<const double> layer_weights, int64_t average_budget,
                                             int64_t min_budget = 32);
 
+// Per-head budgets from the heads' own scores (Ada-KV style): the `total` best entries of all rows
+// of scores [rows, m] taken jointly (ties to the lower row, then the lower index), counted per
+// row. Rows whose mass is concentrated on few tokens give their share to diffuse rows; the
+// counts sum to min(total, rows * m).
+std::vector<int64_t> BudgetsFromScores(const float* scores, int rows, int64_t m, int64_t total);
+
 // `total` split over `parts` as evenly as possible; the first total % parts parts get one more.
 // (E.g. a layer budget over KV heads, or H2O's budget into heavy hitters and recent tokens.)
 std::vector<int64_t> SplitEvenly(int64_t total, int parts);
