@@ -7,8 +7,8 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "kernels/tile_ops.h"
 #include "methods/kv_cache/kv_policy_internal.h"
+#include "methods/sparse_prefill/selector_math.h"
 
 namespace qattn::kv {
 
@@ -58,26 +58,10 @@ std::vector<float> QueryLogits(const LayerRef& at, const float* q, int64_t n) {
   return logits;
 }
 
-// Row softmax on the core's vectorised exp, in place: row h of x [rows, stride] holds m logits
-// then padding up to stride (a multiple of 16; the caller fills it with -inf); on return the row
-// holds the probabilities softmax_i(scale * x[h, i]).
 void SoftmaxRowsInPlace(float* x, int rows, int64_t m, int64_t stride, float scale) {
-  std::vector<float> mx(rows, -INFINITY), l(rows, 0.0f), alpha(rows);  // [rows] each
-  tile::SoftmaxStep step;
-  step.s = x;
-  step.rows = rows;
-  step.cols = int(stride);
-  step.s_stride = int(stride);
-  step.scale = scale;
-  step.m = mx.data();
-  step.l = l.data();
-  step.alpha = alpha.data();
-  tile::SoftmaxUpdate(step);  // x = exp(scale * x - max), l = row sums
-  for (int h = 0; h < rows; ++h) {
-    const float inv = l[h] > 0 ? 1.0f / l[h] : 0.0f;
-    float* row = x + size_t(h) * stride;
-    for (int64_t i = 0; i < m; ++i) row[i] *= inv;
-  }
+  const std::vector<int64_t> visible(rows, m);  // [rows] every row's first m columns
+  std::vector<float> lse(rows);                 // [rows] (not needed here)
+  sparse::SoftmaxRows(x, rows, stride, visible.data(), scale, lse.data());
 }
 
 namespace {

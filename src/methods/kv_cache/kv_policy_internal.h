@@ -53,9 +53,9 @@ inline std::vector<float> LastRows(const float* q, int64_t q_stride, int64_t n, 
 
 // Raw dot products into a reused buffer, one KV head per pool thread: out [H_q, n].
 void QueryLogitsInto(const LayerRef& at, const float* q, int64_t n, std::vector<float>* out, ThreadPool* pool);
-// Row softmax on the core's vectorised exp, in place: row h of x [rows, stride] holds m logits
-// then padding up to stride (a multiple of 16; the caller fills it with -inf); on return the row
-// holds the probabilities softmax_i(scale * x[h, i]).
+// Row softmax on the core's vectorised exp (sparse::SoftmaxRows), in place: row h of x
+// [rows, stride] holds m logits then padding up to stride (a multiple of 16); on return its first
+// m columns hold softmax_i(scale * x[h, i]) and the padding is 0.
 void SoftmaxRowsInPlace(float* x, int rows, int64_t m, int64_t stride, float scale);
 
 // Eviction after the prompt (eviction_policies.cc).
