@@ -44,7 +44,9 @@ std::string PolicySpec(const BenchDecodeOptions& o) {
   std::string spec = o.policy;
   const std::string name = spec.substr(0, spec.find(':'));
   auto add = [&](const std::string& kv) { spec += (spec.find(':') == std::string::npos ? ":" : ",") + kv; };
-  if (spec.find("budget=") == std::string::npos && spec.find("frac=") == std::string::npos && name != "tokenselect") {
+  // (ReKV's budget is its options: topk blocks of `block` tokens plus n_init and n_local.)
+  if (spec.find("budget=") == std::string::npos && spec.find("frac=") == std::string::npos && name != "tokenselect" &&
+      name != "rekv") {
     add("budget=" + std::to_string(o.budget));
   }
   if (name == "tokenselect" && spec.find("top_k=") == std::string::npos) add("budget=" + std::to_string(o.budget));
