@@ -266,7 +266,7 @@ void AttendDecodePaged(const PagedDecodeArgs& a, ThreadPool* pool_arg) {
         tiles[h] += (a.runs[r].tokens + kTileT - 1) / kTileT;
       }
     for (int h = 0; h < h_kv;) {
-      const int units = pairs && tiles[h] == tiles[h + 1] ? 2 : 1;
+      const int units = pairs && h + 1 < h_kv && tiles[h] == tiles[h + 1] ? 2 : 1;
       const int splits =
           decode::ChooseSplits(a.num_splits, tokens[h], int64_t(batch) * h_kv / (pairs ? 2 : 1), pool.num_threads());
       decode::AddSplitItems(s, h, h + units, tiles[h], splits, g.ChunkTiles(), units * g.group, &items, &row_offset);

@@ -256,10 +256,13 @@ QATTN_VNNI_TARGET void ValueWeights(KvDType type, const float* p, int g, int p_s
         _mm512_storeu_ps(w + i * kTokens, x);
         vmax = _mm512_max_ps(vmax, _mm512_abs_ps(x));
       }
+      // Weights below 1e-30 are dropped: the row's running max contributes 1 to its sum, so they
+      // cannot matter, and levels / wmax would overflow to inf for denormal wmax (NaN weights).
       const float wmax = _mm512_reduce_max_ps(vmax);
+      const bool usable = wmax > 1e-30f;
       const int row = h * groups + gi;
-      ws.ws[row] = wmax / levels;
-      const __m512 inv = _mm512_set1_ps(wmax > 0 ? levels / wmax : 0.0f);
+      ws.ws[row] = usable ? wmax / levels : 0.0f;
+      const __m512 inv = _mm512_set1_ps(usable ? levels / wmax : 0.0f);
       uint8_t* wq = &ws.wq[size_t(row) * w_stride];
       __m512i sum = _mm512_setzero_si512();
       for (int i = 0; i < tiles_n; ++i) {

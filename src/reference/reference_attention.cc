@@ -150,7 +150,8 @@ void AttendSequence(const P& prec, const RefProblem& pr, int b, RefResult* r) {
     const T sink = has_sink ? prec.Store(T(pr.variant.sink_logits[h])) : T(0);
     for (int64_t i = 0; i < n_q; ++i) {
       const size_t row = size_t((q0 + i) * hm.num_q_heads + h);
-      const T lse = SoftmaxRow(prec, &s.a[size_t(i * n_kv)], &mask[size_t(i * n_kv)], n_kv, has_sink, sink,
+      // (data() + offset: a sequence with no keys has empty rows, where &x[0] would be undefined)
+      const T lse = SoftmaxRow(prec, s.a.data() + i * n_kv, mask.data() + i * n_kv, n_kv, has_sink, sink,
                                probs.data());
       r->lse[row] = double(lse);
       WeightedSum(prec, probs.data(), v, &r->out[row * pr.d_v]);
