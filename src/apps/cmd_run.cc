@@ -73,7 +73,7 @@ void PrintKvStats(model::KvCache& cache, int n_layer, int n_head_kv, const model
                "(prefill %.3f s, decode %.3f s)]\n",
                cache.storage().Name().c_str(), cache.BytesPerTokenPerLayer(), (long long)cache.length(),
                double(kept) / (n_layer * n_head_kv), (long long)cache.pages_in_use(),
-               cache.pages_in_use() * double(cache.page_bytes()) / 1048576.0, cache.page_tokens(),
+               cache.page_memory_bytes() / 1048576.0, cache.page_tokens(),
                offload.empty() ? ", nothing on disk" : " | ", offload.c_str(), t.selection_seconds, t.attention_seconds, stats.prefill_seconds, stats.decode_seconds);
 }
 

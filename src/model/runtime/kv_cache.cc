@@ -59,6 +59,15 @@ int64_t KvCache::pages_in_use() const { return staircase_ ? staircase_->pages_in
 
 size_t KvCache::page_bytes() const { return staircase_ ? staircase_->stair(0).page_bytes() : paged_->page_bytes(); }
 
+double KvCache::page_memory_bytes() const {
+  if (!staircase_) return double(paged_->pages_in_use()) * double(paged_->page_bytes());
+  double bytes = 0;
+  for (int i = 0; i < staircase_->num_stairs(); ++i) {
+    bytes += double(staircase_->stair(i).pages_in_use()) * double(staircase_->stair(i).page_bytes());
+  }
+  return bytes;
+}
+
 int64_t KvCache::kept(int layer, int head) const {
   return staircase_ ? staircase_->length(seq_, layer, head) : paged_->length(seq_, layer, head);
 }

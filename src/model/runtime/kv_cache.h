@@ -52,6 +52,7 @@ class KvCache {
   int64_t pages_in_use() const;
   int page_tokens() const { return page_tokens_; }
   size_t page_bytes() const;  // of the first (newest) stair
+  double page_memory_bytes() const;  // pages in use x their bytes, over every stair
 
   // Appends n tokens of `layer`: k, v [n, H_kv * d] f32, rows row_stride floats apart.
   void Append(int layer, int64_t n, const float* k, const float* v, int64_t row_stride, const int32_t* positions);
