@@ -282,18 +282,27 @@ void AttendDecodePaged(const PagedDecodeArgs& a, ThreadPool* pool_arg) {
       });
 }
 
-void KvDotRun(KvDType t, const float* q, int g, int d, const KvRun& run, float* s, int64_t s_stride) {
+void KvDotRuns(KvDType t, const float* q, int g, int d, const KvRun* runs, size_t num_runs, float* s,
+               int64_t s_stride) {
   const size_t kb = KvTileBytes(t, d, false);
-  const uint8_t* k = static_cast<const uint8_t*>(run.k);
   std::vector<float> buf(size_t(g) * kSegment);  // [g, kSegment] logits of one block of keys
   Geometry geo{HeadMap{g, 1, 1}, g, d, d, t, kb, kb, UseBf16Path(t, d), 1.0f};
   Scratch sc;
   LoadQueries(q, g, geo, sc);
-  for (int64_t c0 = 0; c0 < run.tokens; c0 += kSegment) {
-    const int n = int(std::min<int64_t>(kSegment, run.tokens - c0));
-    Dots(geo, sc, 0, k + c0 / kTileT * kb, n, buf.data(), kSegment);
-    for (int h = 0; h < g; ++h) std::memcpy(s + h * s_stride + c0, &buf[size_t(h) * kSegment], size_t(n) * 4);
+  int64_t t0 = 0;  // first column of the current run
+  for (size_t r = 0; r < num_runs; ++r) {
+    const uint8_t* k = static_cast<const uint8_t*>(runs[r].k);
+    for (int64_t c0 = 0; c0 < runs[r].tokens; c0 += kSegment) {
+      const int n = int(std::min<int64_t>(kSegment, runs[r].tokens - c0));
+      Dots(geo, sc, 0, k + c0 / kTileT * kb, n, buf.data(), kSegment);
+      for (int h = 0; h < g; ++h) std::memcpy(s + h * s_stride + t0 + c0, &buf[size_t(h) * kSegment], size_t(n) * 4);
+    }
+    t0 += runs[r].tokens;
   }
+}
+
+void KvDotRun(KvDType t, const float* q, int g, int d, const KvRun& run, float* s, int64_t s_stride) {
+  KvDotRuns(t, q, g, d, &run, 1, s, s_stride);
 }
 
 }  // namespace qattn

@@ -58,6 +58,10 @@ struct KvRun {
 // (selection scorers use them: Quest-free token scoring, H2O, TokenSelect):
 //   s[h * s_stride + i] = <q[h, :], k_i>  for h < g, i < run.tokens  (no scale).
 void KvDotRun(KvDType t, const float* q, int g, int d, const KvRun& run, float* s, int64_t s_stride);
+// The same over consecutive runs (the query is prepared once): run r's tokens follow run r - 1's
+// in s, s [g, s_stride] with s_stride >= the runs' total tokens.
+void KvDotRuns(KvDType t, const float* q, int g, int d, const KvRun* runs, size_t num_runs, float* s,
+               int64_t s_stride);
 
 // Decode over paged, possibly quantized KV: one query token per sequence against that sequence's
 // runs. Same semantics as AttendDecode (attention.h) with key j at its logical position and the

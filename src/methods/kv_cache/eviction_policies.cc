@@ -72,10 +72,6 @@ class SnapKv final : public KvPolicy {
       at.cache->Keep(at.seq, at.layer, h, KeepPrefixTopAndWindow(row, n, w, per_head[h] + w));
     }
   }
-  void SelectForDecode(const LayerRef& at, const float*, std::vector<int64_t>* offsets, std::vector<KvRun>* runs,
-                       ThreadPool*) override {
-    AllRuns(at, offsets, runs);
-  }
 
  private:
   Budget budget_;
@@ -116,10 +112,6 @@ class CompressKv final : public KvPolicy {
     const std::vector<int> srh = RetrievalHeads(at, window, n - w);
     const std::vector<float> scores = CompressKvScores(window.data(), at.heads, n - w, srh, kernel_, pool_);
     KeepSame(at, KeepPrefixTopAndWindow(scores, n, w, budget));
-  }
-  void SelectForDecode(const LayerRef& at, const float*, std::vector<int64_t>* offsets, std::vector<KvRun>* runs,
-                       ThreadPool*) override {
-    AllRuns(at, offsets, runs);
   }
 
  private:

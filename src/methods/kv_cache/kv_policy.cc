@@ -14,24 +14,31 @@ namespace qattn::kv {
 
 using sparse::MethodOptions;
 
-void AllRuns(const LayerRef& at, std::vector<int64_t>* offsets, std::vector<KvRun>* runs) {
+void AllRuns(const PagedKvCache& cache, int seq, int layer, std::vector<int64_t>* offsets, std::vector<KvRun>* runs) {
   offsets->assign(1, int64_t(runs->size()));
-  for (int h = 0; h < at.heads.kv; ++h) {
-    at.cache->AppendRuns(at.seq, at.layer, h, runs);
+  for (int h = 0; h < cache.config().n_head_kv; ++h) {
+    cache.AppendRuns(seq, layer, h, runs);
     offsets->push_back(int64_t(runs->size()));
   }
+}
+
+void AllRuns(const LayerRef& at, std::vector<int64_t>* offsets, std::vector<KvRun>* runs) {
+  AllRuns(*at.cache, at.seq, at.layer, offsets, runs);
+}
+
+void KvPolicy::SelectForDecode(const LayerRef& at, const float*, std::vector<int64_t>* offsets,
+                               std::vector<KvRun>* runs, ThreadPool*) {
+  AllRuns(at, offsets, runs);
 }
 
 std::vector<float> ReadKeys(const LayerRef& at) {
   const int64_t n = at.cache->length(at.seq, at.layer, 0);
   const int d = at.heads.dim;
-  std::vector<float> keys(size_t(n) * at.heads.kv * d);  // [n, H_kv, d]
-  std::vector<float> head(size_t(n) * d);                // [n, d]
-  for (int h = 0; h < at.heads.kv; ++h) {
+  for (int h = 1; h < at.heads.kv; ++h) {
     if (at.cache->length(at.seq, at.layer, h) != n) throw std::logic_error("KV heads of a layer differ in length");
-    at.cache->Read(at.seq, at.layer, h, 0, n, head.data(), nullptr);
-    for (int64_t t = 0; t < n; ++t) std::memcpy(&keys[(t * at.heads.kv + h) * d], &head[t * d], size_t(d) * 4);
   }
+  std::vector<float> keys(size_t(n) * at.heads.kv * d);  // [n, H_kv, d]
+  at.cache->ReadLayer(at.seq, at.layer, 0, n, keys.data(), nullptr);
   return keys;
 }
 
@@ -41,12 +48,8 @@ void QueryLogitsInto(const LayerRef& at, const float* q, int64_t n, std::vector<
   auto head = [&](int64_t kh, int) {
     std::vector<KvRun> runs;
     at.cache->AppendRuns(at.seq, at.layer, int(kh), &runs);
-    int64_t t0 = 0;
-    for (const KvRun& r : runs) {
-      KvDotRun(at.cache->config().dtype, q + kh * g * at.heads.dim, g, at.heads.dim, r,
-               out->data() + size_t(kh) * g * n + t0, n);
-      t0 += r.tokens;
-    }
+    KvDotRuns(at.cache->config().dtype, q + kh * g * at.heads.dim, g, at.heads.dim, runs.data(), runs.size(),
+              out->data() + size_t(kh) * g * n, n);
   };
   if (pool) pool->ParallelFor(at.heads.kv, head);  // each KV head's keys are one stream
   else for (int kh = 0; kh < at.heads.kv; ++kh) head(kh, 0);

@@ -46,9 +46,10 @@ class KvPolicy {
   // rows q_stride floats apart); the cache holds the prompt's n tokens. Eviction happens here.
   virtual void AfterPrompt(const LayerRef& at, const float* q, int64_t q_stride, int64_t n, ThreadPool* pool) {}
   // One decode step of this layer: the new token is in the cache; q [H_q, d] is its query. Appends
-  // the runs to read per KV head (offsets [H_kv + 1] into runs) and may evict.
+  // the runs to read per KV head (offsets [H_kv + 1] into runs) and may evict. Default: every
+  // token the cache keeps (policies that only evict after the prompt).
   virtual void SelectForDecode(const LayerRef& at, const float* q, std::vector<int64_t>* offsets,
-                               std::vector<KvRun>* runs, ThreadPool* pool) = 0;
+                               std::vector<KvRun>* runs, ThreadPool* pool);
   // Forgets per-sequence state (a new prompt starts).
   virtual void Reset() {}
   virtual KvPolicyStats stats() const { return {}; }
@@ -62,7 +63,8 @@ std::unique_ptr<KvPolicy> MakeKvPolicy(const std::string& spec);
 bool IsKvPolicyName(const std::string& name);
 std::vector<std::string> KvPolicyNames();
 
-// Every token of every KV head (dense decode).
+// Every token of every KV head (dense decode): offsets [H_kv + 1] into runs.
+void AllRuns(const PagedKvCache& cache, int seq, int layer, std::vector<int64_t>* offsets, std::vector<KvRun>* runs);
 void AllRuns(const LayerRef& at, std::vector<int64_t>* offsets, std::vector<KvRun>* runs);
 // The layer's keys as f32 [n, H_kv, d] (all heads must hold n tokens).
 std::vector<float> ReadKeys(const LayerRef& at);

@@ -210,6 +210,19 @@ void PagedKvCache::Read(int seq, int layer, int head, int64_t first, int64_t cou
   }
 }
 
+void PagedKvCache::ReadLayer(int seq, int layer, int64_t first, int64_t count, float* k, float* v) const {
+  const int d = config_.head_dim, heads = config_.n_head_kv;
+  std::vector<float> hk(k ? size_t(count) * d : 0), hv(v ? size_t(count) * d : 0);  // [count, d] one head
+  for (int h = 0; h < heads; ++h) {
+    Read(seq, layer, h, first, count, k ? hk.data() : nullptr, v ? hv.data() : nullptr);
+    for (int64_t t = 0; t < count; ++t) {
+      const int64_t dst = (t * heads + h) * d;
+      if (k) std::memcpy(k + dst, &hk[size_t(t) * d], size_t(d) * sizeof(float));
+      if (v) std::memcpy(v + dst, &hv[size_t(t) * d], size_t(d) * sizeof(float));
+    }
+  }
+}
+
 double PagedKvCache::bytes_per_token_per_layer() const {
   return double(tile_k_bytes_ + tile_v_bytes_) / kKvTileTokens * config_.n_head_kv;
 }

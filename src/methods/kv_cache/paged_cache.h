@@ -86,6 +86,9 @@ class PagedKvCache {
   void AppendRunsRange(int seq, int layer, int head, int64_t first, int64_t count, std::vector<KvRun>* runs) const;
   // Tokens [first, first + count) of a stream dequantized: k, v [count, d] f32 (either may be null).
   void Read(int seq, int layer, int head, int64_t first, int64_t count, float* k, float* v) const;
+  // Tokens [first, first + count) of every KV head of a layer, token-major as the model produces
+  // them: k, v [count, H_kv, d] f32 (either may be null).
+  void ReadLayer(int seq, int layer, int64_t first, int64_t count, float* k, float* v) const;
 
   // Accounting.
   int64_t pages_in_use() const { return pool_.pages_in_use(); }

@@ -41,10 +41,6 @@ class PromptDistill final : public KvPolicy {
     selection_.erase(it);
     return s;
   }
-  void SelectForDecode(const LayerRef& at, const float*, std::vector<int64_t>* offsets, std::vector<KvRun>* runs,
-                       ThreadPool*) override {
-    AllRuns(at, offsets, runs);
-  }
 
  private:
   int layer_;

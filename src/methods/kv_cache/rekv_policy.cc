@@ -114,20 +114,13 @@ class Rekv final : public KvPolicy {
       state.store = std::make_unique<OffloadStore>(o);
     }
     std::vector<uint8_t> bytes(state.store->block_bytes());  // [H_kv][K tiles, V tiles]
-    std::vector<float> keys(size_t(block_) * at.heads.dim);   // [block, d] one head
-    std::vector<float> rep(size_t(at.heads.kv) * at.heads.dim);  // [H_kv * d]
+    std::vector<float> keys(size_t(block_) * at.heads.kv * at.heads.dim);  // [block, H_kv, d]
     const std::vector<int32_t>& pos = c.positions(at.seq, at.layer, 0);
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t first = n_init_ + b * block_;
-      for (int h = 0; h < at.heads.kv; ++h) {
-        CopyBlockHead(at, h, first, bytes.data() + size_t(h) * HeadBytes(c));
-        c.Read(at.seq, at.layer, h, first, block_, keys.data(), nullptr);
-        for (int i = 0; i < at.heads.dim; ++i) {
-          double sum = 0;
-          for (int64_t t = 0; t < block_; ++t) sum += keys[size_t(t) * at.heads.dim + i];
-          rep[size_t(h) * at.heads.dim + i] = float(sum / double(block_));
-        }
-      }
+      for (int h = 0; h < at.heads.kv; ++h) CopyBlockHead(at, h, first, bytes.data() + size_t(h) * HeadBytes(c));
+      c.ReadLayer(at.seq, at.layer, first, block_, keys.data(), nullptr);
+      const std::vector<float> rep = RekvBlockRepresentative(keys.data(), block_, at.heads.kv, at.heads.dim);
       state.positions[state.next_id].assign(pos.begin() + first, pos.begin() + first + block_);
       state.store->Put(state.next_id++, bytes.data(), rep.data());
     }

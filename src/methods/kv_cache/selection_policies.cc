@@ -70,12 +70,8 @@ class Quest final : public KvPolicy {
     }
     const int64_t first = it->second.num_tokens(), m = n - first;
     if (m == 0) return it->second;
-    const int d = at.heads.dim;
-    std::vector<float> keys(size_t(m) * at.heads.kv * d), head(size_t(m) * d);  // [m, H_kv, d], [m, d]
-    for (int h = 0; h < at.heads.kv; ++h) {
-      at.cache->Read(at.seq, at.layer, h, first, m, head.data(), nullptr);
-      for (int64_t t = 0; t < m; ++t) std::memcpy(&keys[(t * at.heads.kv + h) * d], &head[t * d], size_t(d) * 4);
-    }
+    std::vector<float> keys(size_t(m) * at.heads.kv * at.heads.dim);  // [m, H_kv, d] the new tokens
+    at.cache->ReadLayer(at.seq, at.layer, first, m, keys.data(), nullptr);
     it->second.Append(keys.data(), m);
     return it->second;
   }

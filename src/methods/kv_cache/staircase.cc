@@ -62,14 +62,7 @@ void StaircaseKvCache::StepDown(int seq, int layer, int i, int64_t count) {
   const PagedCacheConfig& c = from.config();
   const int64_t width = int64_t(c.n_head_kv) * c.head_dim;
   std::vector<float> k(size_t(count * width)), v(k.size());  // [count, H_kv, d] dequantized
-  std::vector<float> hk(size_t(count) * c.head_dim), hv(hk.size());  // [count, d] one head
-  for (int h = 0; h < c.n_head_kv; ++h) {
-    from.Read(seq, layer, h, 0, count, hk.data(), hv.data());
-    for (int64_t t = 0; t < count; ++t) {
-      std::memcpy(&k[t * width + h * c.head_dim], &hk[t * c.head_dim], size_t(c.head_dim) * 4);
-      std::memcpy(&v[t * width + h * c.head_dim], &hv[t * c.head_dim], size_t(c.head_dim) * 4);
-    }
-  }
+  from.ReadLayer(seq, layer, 0, count, k.data(), v.data());
   const std::vector<int32_t> positions(from.positions(seq, layer, 0).begin(),
                                        from.positions(seq, layer, 0).begin() + count);
   stairs_[i + 1]->Append(seq, layer, k.data(), v.data(), width, count, positions.data());

@@ -47,14 +47,6 @@ void DecodeRuns(const LayerAttention& call, KvDType dtype, const std::vector<int
   AttendDecodePaged(a, pool);
 }
 
-// Every run of every KV head of one paged cache: offsets [H_kv + 1].
-void AllRunsOf(const kv::PagedKvCache& c, int seq, int layer, std::vector<int64_t>* offsets, std::vector<KvRun>* runs) {
-  offsets->assign(1, 0);
-  for (int h = 0; h < c.config().n_head_kv; ++h) {
-    c.AppendRuns(seq, layer, h, runs);
-    offsets->push_back(int64_t(runs->size()));
-  }
-}
 
 // A staircase: the paged kernel per stair, merged by log-sum-exp.
 void DecodeStaircase(const LayerAttention& call, ThreadPool* pool) {
@@ -65,7 +57,7 @@ void DecodeStaircase(const LayerAttention& call, ThreadPool* pool) {
   for (int i = 0; i < stairs; ++i) {
     std::vector<int64_t> offsets;
     std::vector<KvRun> runs;
-    AllRunsOf(st.stair(i), call.cache->sequence(), call.layer, &offsets, &runs);
+    kv::AllRuns(st.stair(i), call.cache->sequence(), call.layer, &offsets, &runs);
     DecodeRuns(call, st.stair(i).config().dtype, offsets, runs, MakeView(&outs[i * hq * d], DType::kF32, {1, hq, d}),
                &lses[i * hq], pool);
   }
@@ -94,7 +86,7 @@ void AttendDense(const LayerAttention& call, ThreadPool* pool) {
   if (call.n_new == 1) {
     std::vector<int64_t> offsets;  // [H_kv + 1]
     std::vector<KvRun> runs;
-    AllRunsOf(cache.paged(), cache.sequence(), call.layer, &offsets, &runs);
+    kv::AllRuns(cache.paged(), cache.sequence(), call.layer, &offsets, &runs);
     AttendDecodeRuns(call, offsets, runs, pool);
     return;
   }
