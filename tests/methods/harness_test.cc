@@ -89,6 +89,23 @@ TEST(SparseHarness, DenseBlocksEqualDense) {
   EXPECT_LT(r.output_rel_error, 1e-6);
 }
 
+TEST(SparseHarness, PairedDenseTimingReplacesTheBaselineTime) {
+  const OwnedProblem in = RandomProblem(500, 4, 1, 64, DType::kF32, 2);
+  ThreadPool pool(2);
+  DenseBaseline dense = RunDense(in.problem, &pool, 1);
+  dense.seconds = 1e6;  // a sentinel: paired timing must not read it
+  auto method = MakeSparseMethod("dense_blocks:block=32");
+  const SparseReport unpaired = Measure(*method, in.problem, dense, &pool, 1);
+  const SparseReport paired = Measure(*method, in.problem, dense, &pool, 3, /*paired_dense=*/true);
+  EXPECT_DOUBLE_EQ(unpaired.dense_seconds, 1e6);
+  EXPECT_GT(paired.dense_seconds, 0.0);
+  EXPECT_LT(paired.dense_seconds, 1e3);
+  EXPECT_GT(paired.speedup, 0.0);
+  EXPECT_LT(paired.speedup, 1e6) << "the ratio uses the paired dense runs, not the sentinel";
+  EXPECT_DOUBLE_EQ(paired.density, unpaired.density);
+  EXPECT_DOUBLE_EQ(paired.min_kept_mass, unpaired.min_kept_mass);
+}
+
 TEST(SparseHarness, OptionsAndRegistryErrors) {
   EXPECT_THROW(MakeSparseMethod("no_such_method"), std::invalid_argument);
   EXPECT_THROW(MakeSparseMethod("dense_blocks:blok=32"), std::invalid_argument);

@@ -84,23 +84,35 @@ std::vector<float> KeptMass(const PrefillProblem& p, const CoverageMap& coverage
 }
 
 SparseReport Measure(SparsePrefillMethod& method, const PrefillProblem& p, const DenseBaseline& dense,
-                     ThreadPool* pool, int repeats) {
+                     ThreadPool* pool, int repeats, bool paired_dense) {
   SparseReport r;
   r.method = method.name();
   r.granularity = method.granularity();
   r.n = p.n();
   Tensor out(DType::kF32, {p.n(), p.num_q_heads(), p.value_dim()});
-  std::vector<double> select, attend;
+  Tensor dense_out;                           // [n, H_q, d_v] scratch of the paired dense runs
+  std::vector<float> dense_lse;               // [n, H_q]
+  if (paired_dense) {
+    dense_out = Tensor(DType::kF32, {p.n(), p.num_q_heads(), p.value_dim()});
+    dense_lse.resize(size_t(p.n()) * p.num_q_heads());
+  }
+  std::vector<double> select, attend, dense_times, ratios;
   MethodResult last;
   for (int i = 0; i < std::max(1, repeats); ++i) {
+    if (paired_dense) {
+      auto t0 = std::chrono::steady_clock::now();
+      DenseCausal(p, dense_out.view(), dense_lse.data(), pool);
+      dense_times.push_back(Seconds(t0, std::chrono::steady_clock::now()));
+    }
     last = method.Run(p, out.view(), nullptr, pool);
     select.push_back(last.select_seconds);
     attend.push_back(last.attend_seconds);
+    if (paired_dense) ratios.push_back(dense_times.back() / std::max(1e-12, select.back() + attend.back()));
   }
   r.select_seconds = MedianOf(select);
   r.attend_seconds = MedianOf(attend);
-  r.dense_seconds = dense.seconds;
-  r.speedup = dense.seconds / std::max(1e-12, r.select_seconds + r.attend_seconds);
+  r.dense_seconds = paired_dense ? MedianOf(dense_times) : dense.seconds;
+  r.speedup = paired_dense ? MedianOf(ratios) : dense.seconds / std::max(1e-12, r.select_seconds + r.attend_seconds);
   r.density = last.coverage.Density(p.n());
   const std::vector<float> mass = KeptMass(p, last.coverage, dense.lse, pool);
   const int hq = p.num_q_heads();

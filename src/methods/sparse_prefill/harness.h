@@ -39,8 +39,11 @@ struct SparseReport {
 };
 
 // Runs the method `repeats` times (timing the medians) and measures it against `dense`.
+// paired_dense: also time one dense run right before each of the method's runs; dense_seconds is
+// then those runs' median and speedup the median of the per-pair ratios, so a machine whose speed
+// drifts (other tenants, clocks) moves both sides of each ratio alike. Otherwise dense.seconds.
 SparseReport Measure(SparsePrefillMethod& method, const PrefillProblem& problem, const DenseBaseline& dense,
-                     ThreadPool* pool, int repeats);
+                     ThreadPool* pool, int repeats, bool paired_dense = false);
 
 // Per (row, head) kept mass exp(lse_M - lse_dense) for a coverage map: [n, H_q].
 std::vector<float> KeptMass(const PrefillProblem& problem, const CoverageMap& coverage,
