@@ -1,8 +1,8 @@
 // Decode over paged KV tiles in any KvDType (kv_format.h): the decode skeleton of decode.cc (work
 // items of (sequence, KV heads, split), the shared segment loop, LSE merge; decode_skeleton.h) over
 // a different key source: a KV head's keys are runs of tiles with logical positions, read in
-// place. Plain formats use the dense tile ops on their rows (stride d); int8 / int4 use the
-// quantized tile ops.
+// place. bf16 tiles (pair layout) run prefill's register tiles; f32 / f16 rows and shapes the
+// bf16 kernels do not take run the f32 tile ops; int8 / int4 use the quantized tile ops.
 //
 // An item cuts each run into pieces (one QK or PV call); the loop gathers pieces across runs into
 // segments of up to kSegment keys that share one softmax step (as many keys per step as the
@@ -58,10 +58,11 @@ Scratch& ThreadScratch() {
   return scratch;
 }
 
-// bf16 rows on the vdpbf16ps kernels (their query registers hold d <= 512); else widened to f32.
-bool UseBf16Path(KvDType t, int d) { return t == KvDType::kBF16 && tile::HasBf16Path() && d <= 512; }
+// bf16 tiles on the vdpbf16ps kernels (whole dim pairs, 16-dim value vectors); else widened to f32.
+bool UseBf16Path(KvDType t, int d, int dv) {
+  return t == KvDType::kBF16 && tile::HasBf16Path() && d % 2 == 0 && dv % 16 == 0;
+}
 
-DType PlainDType(KvDType t) { return t == KvDType::kF32 ? DType::kF32 : t == KvDType::kBF16 ? DType::kBF16 : DType::kF16; }
 
 // The `rows` query heads from q [rows, d] in the form the format's dot products take.
 void LoadQueries(const float* q, int rows, const Geometry& g, Scratch& sc) {
@@ -79,11 +80,15 @@ void LoadQueries(const float* q, int rows, const Geometry& g, Scratch& sc) {
   }
 }
 
-// Plain rows [n, width] of a tile run as f32: in place for f32, else widened into buf.
-const float* PlainRowsF32(KvDType t, const uint8_t* rows, int n, int width, std::vector<float>& buf) {
-  if (t == KvDType::kF32) return reinterpret_cast<const float*>(rows);
+// The first n tokens of a run of tiles (tile_bytes apart) as f32 rows [n, width]: in place for f32
+// (plain rows), else converted tile by tile into buf.
+const float* TileRowsF32(KvDType t, bool value, const uint8_t* tiles, size_t tile_bytes, int n, int width,
+                         std::vector<float>& buf) {
+  if (t == KvDType::kF32) return reinterpret_cast<const float*>(tiles);
   buf.resize(size_t(n) * width);
-  ConvertToF32(rows, PlainDType(t), buf.data(), size_t(n) * width);
+  for (int t0 = 0; t0 < n; t0 += kTileT)
+    LoadKvTokens(t, value, tiles + size_t(t0 / kTileT) * tile_bytes, std::min(kTileT, n - t0), width,
+                 &buf[size_t(t0) * width]);
   return buf.data();
 }
 
@@ -94,11 +99,11 @@ void Dots(const Geometry& g, Scratch& sc, int r0, const uint8_t* k, int n, float
     const kvtile::QuantQuery q{sc.q8.data() + size_t(r0) * g.d, sc.qs.data() + r0, sc.qsum.data() + r0 * groups};
     kvtile::DotTiles(g.type, q, g.group, g.d, k, (n + kTileT - 1) / kTileT, g.kb, s, stride);
   } else if (g.bf16) {
-    tile::DotRowsBf16(sc.q16.data() + size_t(r0) * g.d, g.group, g.d, reinterpret_cast<const uint16_t*>(k), g.d, n,
-                      s, stride);
+    tile::DotTilesBf16(sc.q16.data() + size_t(r0) * g.d, g.group, g.d, reinterpret_cast<const uint16_t*>(k),
+                       (n + kTileT - 1) / kTileT, s, stride);
   } else {
-    tile::DotRowsF32(sc.q32.data() + size_t(r0) * g.d, g.group, g.d, PlainRowsF32(g.type, k, n, g.d, sc.kv32), g.d,
-                     n, s, stride);
+    tile::DotRowsF32(sc.q32.data() + size_t(r0) * g.d, g.group, g.d,
+                     TileRowsF32(g.type, false, k, g.kb, n, g.d, sc.kv32), g.d, n, s, stride);
   }
 }
 
@@ -119,9 +124,10 @@ void Accumulate(const Geometry& g, Scratch& sc, float* o, const float* p, int st
     RescaleRows(o, g.group, g.dv, alpha);
     kvtile::AccumulateTiles(g.type, p, g.group, stride, n, v, g.vb, g.dv, o);
   } else if (g.bf16) {
-    tile::AccumulateRowsBf16(p, g.group, stride, n, reinterpret_cast<const uint16_t*>(v), g.dv, g.dv, o, alpha);
+    tile::AccumulateTilesBf16(p, g.group, stride, n, reinterpret_cast<const uint16_t*>(v), g.dv, o, alpha);
   } else {
-    tile::AccumulateRowsF32(p, g.group, stride, n, PlainRowsF32(g.type, v, n, g.dv, sc.kv32), g.dv, g.dv, o, alpha);
+    tile::AccumulateRowsF32(p, g.group, stride, n, TileRowsF32(g.type, true, v, g.vb, n, g.dv, sc.kv32), g.dv, g.dv,
+                            o, alpha);
   }
 }
 
@@ -250,7 +256,7 @@ void AttendDecodePaged(const PagedDecodeArgs& a, ThreadPool* pool_arg) {
                    a.kv_dtype,
                    KvTileBytes(a.kv_dtype, d, false),
                    KvTileBytes(a.kv_dtype, a.d_v, true),
-                   UseBf16Path(a.kv_dtype, d),
+                   UseBf16Path(a.kv_dtype, d, a.d_v),
                    a.variant.EffectiveScale(d)};
   const int batch = int(a.q.shape[0]), h_kv = map.num_k_heads;
   // Two KV heads per item where the plain path pairs them (grouped heads; two K and two V streams
@@ -286,7 +292,7 @@ void KvDotRuns(KvDType t, const float* q, int g, int d, const KvRun* runs, size_
                int64_t s_stride) {
   const size_t kb = KvTileBytes(t, d, false);
   std::vector<float> buf(size_t(g) * kSegment);  // [g, kSegment] logits of one block of keys
-  Geometry geo{HeadMap{g, 1, 1}, g, d, d, t, kb, kb, UseBf16Path(t, d), 1.0f};
+  Geometry geo{HeadMap{g, 1, 1}, g, d, d, t, kb, KvTileBytes(t, d, true), UseBf16Path(t, d, d), 1.0f};
   Scratch sc;
   LoadQueries(q, g, geo, sc);
   int64_t t0 = 0;  // first column of the current run

@@ -77,6 +77,21 @@ void StoreInt4(bool value, const float* x, int d, uint8_t* tile, int slot) {
   }
 }
 
+// bf16 in pair layout (kv_tile_layout.h); an odd d's K pad element is written as 0 so that the
+// padded pair's product with the query's zero pad is 0, whatever the memory held before.
+void StoreBf16Token(bool value, const float* x, int d, uint8_t* tile, int slot) {
+  uint16_t* p = reinterpret_cast<uint16_t*>(tile);
+  for (int i = 0; i < d; ++i) p[value ? VB16Index(d, slot, i) : KB16Index(slot, i)] = F32ToBF16(x[i]).bits;
+  if (!value && d % 2) p[KB16Index(slot, d)] = 0;
+}
+
+void LoadBf16Tokens(bool value, const uint8_t* tile, int count, int d, float* out) {
+  const uint16_t* p = reinterpret_cast<const uint16_t*>(tile);
+  for (int t = 0; t < count; ++t)
+    for (int i = 0; i < d; ++i)
+      out[size_t(t) * d + i] = BF16ToF32(BF16{p[value ? VB16Index(d, t, i) : KB16Index(t, i)]});
+}
+
 void LoadInt8(bool value, const uint8_t* tile, int count, int d, float* out) {
   for (int t = 0; t < count; ++t) {
     const float scale = LoadF32(tile + (value ? V8Scales(d) : K8Scales(d)) + size_t(t) * 4);
@@ -134,11 +149,10 @@ KvDType ParseKvDType(const std::string& s) {
 bool IsQuantized(KvDType t) { return t == KvDType::kInt8 || t == KvDType::kInt4; }
 
 size_t KvTileBytes(KvDType t, int d, bool value) {
-  (void)value;  // K and V tiles of one format have the same size; only their layouts differ
   CheckDim(t, d);
   switch (t) {
     case KvDType::kF32: return size_t(kTokens) * d * 4;
-    case KvDType::kBF16:
+    case KvDType::kBF16: return value ? size_t(kTokens) * d * 2 : KB16Elements(d) * 2;  // K pads odd d
     case KvDType::kF16: return size_t(kTokens) * d * 2;
     case KvDType::kInt8: return size_t(kTokens) * d + kTokens * 4;
     case KvDType::kInt4: return size_t(kTokens) * d / 2 + size_t(Q4Groups(d)) * kTokens * 2;
@@ -152,10 +166,8 @@ void StoreKvToken(KvDType t, bool value, const float* x, int d, void* tile, int 
   uint8_t* p = static_cast<uint8_t*>(tile);
   switch (t) {
     case KvDType::kF32: std::memcpy(p + size_t(slot) * d * 4, x, size_t(d) * 4); return;
-    case KvDType::kBF16:
-    case KvDType::kF16:
-      ConvertFromF32(x, p + size_t(slot) * d * 2, t == KvDType::kBF16 ? DType::kBF16 : DType::kF16, size_t(d));
-      return;
+    case KvDType::kBF16: return StoreBf16Token(value, x, d, p, slot);
+    case KvDType::kF16: ConvertFromF32(x, p + size_t(slot) * d * 2, DType::kF16, size_t(d)); return;
     case KvDType::kInt8: return StoreInt8(value, x, d, p, slot);
     case KvDType::kInt4: return StoreInt4(value, x, d, p, slot);
   }
@@ -167,10 +179,8 @@ void LoadKvTokens(KvDType t, bool value, const void* tile, int count, int d, flo
   const uint8_t* p = static_cast<const uint8_t*>(tile);
   switch (t) {
     case KvDType::kF32: std::memcpy(out, p, size_t(count) * d * 4); return;
-    case KvDType::kBF16:
-    case KvDType::kF16:
-      ConvertToF32(p, t == KvDType::kBF16 ? DType::kBF16 : DType::kF16, out, size_t(count) * d);
-      return;
+    case KvDType::kBF16: return LoadBf16Tokens(value, p, count, d, out);
+    case KvDType::kF16: ConvertToF32(p, DType::kF16, out, size_t(count) * d); return;
     case KvDType::kInt8: return LoadInt8(value, p, count, d, out);
     case KvDType::kInt4: return LoadInt4(value, p, count, d, out);
   }
@@ -182,6 +192,16 @@ void CopyKvToken(KvDType t, bool value, int d, const void* src_tile, int src_slo
   CheckSlot(dst_slot);
   const uint8_t* src = static_cast<const uint8_t*>(src_tile);
   uint8_t* dst = static_cast<uint8_t*>(dst_tile);
+  if (t == KvDType::kBF16) {  // pair layout: element by element (the K pad of an odd d stays 0)
+    uint16_t* dst16 = reinterpret_cast<uint16_t*>(dst);
+    const uint16_t* src16 = reinterpret_cast<const uint16_t*>(src);
+    for (int i = 0; i < d; ++i) {
+      dst16[value ? VB16Index(d, dst_slot, i) : KB16Index(dst_slot, i)] =
+          src16[value ? VB16Index(d, src_slot, i) : KB16Index(src_slot, i)];
+    }
+    if (!value && d % 2) dst16[KB16Index(dst_slot, d)] = 0;
+    return;
+  }
   if (!IsQuantized(t)) {  // plain rows
     const size_t row = KvTileBytes(t, d, value) / kTokens;
     std::memmove(dst + dst_slot * row, src + src_slot * row, row);

@@ -3,13 +3,15 @@
 // The decode-time KV cache (src/kv) keeps each (sequence, layer, KV head) as a list of pages; a
 // page holds whole *tiles* of kKvTileTokens consecutive tokens of one head, K tiles and V tiles
 // each contiguous. The tile is the unit every format is laid out in:
-//   f32 / bf16 / f16: plain rows, [16, d] elements (so a run of tiles is [tokens, d] rows, stride d)
+//   f32 / f16: plain rows, [16, d] elements (so a run of tiles is [tokens, d] rows, stride d)
+//   bf16: pairs for vdpbf16ps: K [ceil(d/2) dim pairs, 16 tokens, 2], V [8 token pairs, d, 2]
 //   int8: per token and head one symmetric scale (max|x| / 127); the bytes are laid out for VNNI
 //   int4: one symmetric scale (q4_0-like) per token, head and group of 32 dims, or per head when
 //         d < 32 (when d % 32 != 0 the last group is d % 32 dims); laid out for VNNI
 // Head dims: f32 / bf16 / f16 take any d >= 1, int8 any multiple of 4, int4 any multiple of 8
 // (d = 8, 24, 80, ... all work; shapes the vector kernels do not cover run masked or scalar code).
-// The exact int8/int4 byte layouts are private to kv_format.cc; only these functions touch them.
+// The exact bf16 / int8 / int4 layouts are private to kv_format.cc and the tile kernels
+// (kv_tile_layout.h); everyone else goes through these functions.
 // Dot products run on the quantized bytes (no page is dequantized before attention).
 #pragma once
 #include <cstddef>

@@ -1,5 +1,12 @@
-// The private byte layouts of quantized KV tiles (16 tokens of one head). Only kv_format.cc and the
-// tile kernels (kv_tile_ops*.cc) include this; everyone else goes through kv_format.h.
+// The private byte layouts of bf16 and quantized KV tiles (16 tokens of one head). Only
+// kv_format.cc and the tile kernels include this; everyone else goes through kv_format.h.
+//
+// bf16 K  [ceil(d/2) dim pairs][16 tokens][2] (an odd d's last pair ends in a stored 0): one
+//         64-byte row holds one dim pair of all 16 tokens, so vdpbf16ps against a broadcast query
+//         pair gives 16 partial dot products with no reduction across lanes (prefill's packed K).
+// bf16 V  [8 token pairs][d][2]: one 64-byte row holds 16 dims of two tokens, and a run of tiles
+//         is one [tokens / 2, d, 2] array (prefill's packed V).
+// f32 / f16: plain rows [16][d].
 //
 // int8 K  [d/4][16 tokens][4 dims] u8 (k + 128), then scales [16] f32
 //         one 64-byte row holds 4 dims of all 16 tokens: one vpdpbusd (u8 x s8) against a
@@ -22,6 +29,11 @@
 namespace qattn::kvlayout {
 
 constexpr int kTokens = 16;
+
+// bf16 K / V: element index (not byte) of (token t, dim i), and a K tile's elements.
+inline size_t KB16Index(int t, int i) { return size_t(i / 2) * 2 * kTokens + size_t(t) * 2 + size_t(i % 2); }
+inline size_t KB16Elements(int d) { return size_t((d + 1) / 2) * 2 * kTokens; }
+inline size_t VB16Index(int d, int t, int j) { return size_t(t / 2) * 2 * size_t(d) + size_t(j) * 2 + size_t(t % 2); }
 constexpr int kGroup = 32;  // int4 dims per scale (fewer in a head's last group)
 
 // int4 scale groups of a head of d dims, and the dims of group g.

@@ -62,5 +62,12 @@ void DotRowsBf16(const uint16_t* q, int g, int d, const uint16_t* k, int64_t k_s
                  int s_stride);
 void AccumulateRowsBf16(const float* p, int g, int p_stride, int n, const uint16_t* v, int64_t v_stride, int dv,
                         float* o, const float* alpha);
+// KV cache tiles of 16 tokens in pair layout (kv_tile_layout.h): K tile [d / 2, 16, 2], V tile
+// [8, dv, 2], so a run of tiles feeds the same register tiles as prefill's packed K and V.
+// s[h, 16 t + i] = <q[h, :], key i of tile t> for every slot of num_tiles consecutive K tiles (d even).
+void DotTilesBf16(const uint16_t* q, int g, int d, const uint16_t* tiles, int num_tiles, float* s, int s_stride);
+// o[h, :] = alpha[h] * o[h, :] + sum_{c < n} p[h, c] v_c over consecutive V tiles (dv a multiple of 16).
+void AccumulateTilesBf16(const float* p, int g, int p_stride, int n, const uint16_t* tiles, int dv, float* o,
+                         const float* alpha);
 
 }  // namespace qattn::tile

@@ -28,19 +28,22 @@ QATTN_BF16_TARGET inline __m512bh BroadcastPair(const uint16_t* p) {
   return (__m512bh)_mm512_set1_epi32(LoadPair(p));
 }
 
-// R rows x NC vectors of 16 keys.
+// R rows x NC vectors of 16 keys. Keys come as bf16 pairs along d: the 16 keys of vector c at
+// pair i start at kp + i * pair_stride + c * vec_stride (prefill's packed K: pair_stride = 2 cols,
+// vec_stride = 32; KV cache tiles: pair_stride = 32, vec_stride = one tile).
 template <int R, int NC>
-QATTN_BF16_TARGET void QkMicro(const uint16_t* q, int d, const uint16_t* kp, int cols, float* s, int s_stride) {
+QATTN_BF16_TARGET void QkMicro(const uint16_t* q, int d, const uint16_t* kp, int64_t pair_stride, int64_t vec_stride,
+                               float* s, int s_stride) {
   __m512 acc[R][NC];
   _Pragma("GCC unroll 16")
   for (int r = 0; r < R; ++r)
     _Pragma("GCC unroll 16")
     for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_setzero_ps();
   for (int i = 0; i < d / 2; ++i) {
-    const uint16_t* krow = kp + int64_t(i) * cols * 2;
+    const uint16_t* krow = kp + int64_t(i) * pair_stride;
     __m512bh k[NC];
     _Pragma("GCC unroll 16")
-    for (int c = 0; c < NC; ++c) k[c] = (__m512bh)_mm512_loadu_si512(krow + c * 32);
+    for (int c = 0; c < NC; ++c) k[c] = (__m512bh)_mm512_loadu_si512(krow + c * vec_stride);
     _Pragma("GCC unroll 16")
     for (int r = 0; r < R; ++r) {
       const __m512bh qb = BroadcastPair(q + int64_t(r) * d + 2 * i);
@@ -55,15 +58,29 @@ QATTN_BF16_TARGET void QkMicro(const uint16_t* q, int d, const uint16_t* kp, int
 }
 
 template <int NC>
-QATTN_BF16_TARGET void QkRows(const uint16_t* q, int rows, int d, const uint16_t* kp, int cols, float* s,
-                              int s_stride) {
+QATTN_BF16_TARGET void QkRows(const uint16_t* q, int rows, int d, const uint16_t* kp, int64_t pair_stride,
+                              int64_t vec_stride, float* s, int s_stride) {
   switch (rows) {
-    case 6: return QkMicro<6, NC>(q, d, kp, cols, s, s_stride);
-    case 5: return QkMicro<5, NC>(q, d, kp, cols, s, s_stride);
-    case 4: return QkMicro<4, NC>(q, d, kp, cols, s, s_stride);
-    case 3: return QkMicro<3, NC>(q, d, kp, cols, s, s_stride);
-    case 2: return QkMicro<2, NC>(q, d, kp, cols, s, s_stride);
-    default: return QkMicro<1, NC>(q, d, kp, cols, s, s_stride);
+    case 6: return QkMicro<6, NC>(q, d, kp, pair_stride, vec_stride, s, s_stride);
+    case 5: return QkMicro<5, NC>(q, d, kp, pair_stride, vec_stride, s, s_stride);
+    case 4: return QkMicro<4, NC>(q, d, kp, pair_stride, vec_stride, s, s_stride);
+    case 3: return QkMicro<3, NC>(q, d, kp, pair_stride, vec_stride, s, s_stride);
+    case 2: return QkMicro<2, NC>(q, d, kp, pair_stride, vec_stride, s, s_stride);
+    default: return QkMicro<1, NC>(q, d, kp, pair_stride, vec_stride, s, s_stride);
+  }
+}
+
+// s [rows, s_stride] for `vecs` vectors of 16 keys in pair layout (strides as QkMicro's): 6 rows x
+// 4 vectors per register tile.
+QATTN_BF16_TARGET void QkPairs(const uint16_t* q, int rows, int d, const uint16_t* kp, int64_t pair_stride,
+                               int64_t vec_stride, int vecs, float* s, int s_stride) {
+  for (int r0 = 0; r0 < rows; r0 += 6) {
+    const int r = std::min(6, rows - r0);
+    const uint16_t* qr = q + int64_t(r0) * d;
+    float* sr = s + int64_t(r0) * s_stride;
+    int c = 0;
+    for (; c + 4 <= vecs; c += 4) QkRows<4>(qr, r, d, kp + c * vec_stride, pair_stride, vec_stride, sr + c * 16, s_stride);
+    for (; c < vecs; ++c) QkRows<1>(qr, r, d, kp + c * vec_stride, pair_stride, vec_stride, sr + c * 16, s_stride);
   }
 }
 
@@ -242,14 +259,7 @@ std::vector<uint16_t>& ThreadScratch() {
 
 QATTN_BF16_TARGET void QkBf16(const uint16_t* q, int rows, int d, const uint16_t* kp, int cols, float* s,
                               int s_stride) {
-  for (int r0 = 0; r0 < rows; r0 += 6) {
-    const int r = std::min(6, rows - r0);
-    const uint16_t* qr = q + int64_t(r0) * d;
-    float* sr = s + int64_t(r0) * s_stride;
-    int c0 = 0;
-    for (; c0 + 64 <= cols; c0 += 64) QkRows<4>(qr, r, d, kp + c0 * 2, cols, sr + c0, s_stride);
-    for (; c0 < cols; c0 += 16) QkRows<1>(qr, r, d, kp + c0 * 2, cols, sr + c0, s_stride);
-  }
+  QkPairs(q, rows, d, kp, int64_t(cols) * 2, 32, cols / 16, s, s_stride);
 }
 
 QATTN_BF16_TARGET void PvBf16(const float* p, int rows, int cols, int p_stride, const uint16_t* vp, int dv, float* o,
@@ -401,6 +411,29 @@ QATTN_BF16_TARGET void AccumulateRowsBf16(const float* p, int g, int p_stride, i
       case 3: AccumulateSlices<3>(ph, pb_stride, n, v, v_stride, dv, oh, alpha + h0); break;
       case 2: AccumulateSlices<2>(ph, pb_stride, n, v, v_stride, dv, oh, alpha + h0); break;
       default: AccumulateSlices<1>(ph, pb_stride, n, v, v_stride, dv, oh, alpha + h0); break;
+    }
+  }
+}
+
+QATTN_BF16_TARGET void DotTilesBf16(const uint16_t* q, int g, int d, const uint16_t* tiles, int num_tiles, float* s,
+                                    int s_stride) {
+  QkPairs(q, g, d, tiles, 32, int64_t(d) * 16, num_tiles, s, s_stride);
+}
+
+QATTN_BF16_TARGET void AccumulateTilesBf16(const float* p, int g, int p_stride, int n, const uint16_t* tiles, int dv,
+                                           float* o, const float* alpha) {
+  // A run of value tiles is one [n / 2, dv, 2] pair array (each tile holds 8 whole key pairs).
+  PvBf16(p, g, n / 2 * 2, p_stride, tiles, dv, o, alpha);
+  if (n % 2 == 0) return;
+  // The odd last key: its pair partner is an unwritten slot (never read), so it is added alone.
+  const uint16_t* v = tiles + int64_t(n - 1) * dv;  // pair (n - 1) / 2, first of the two
+  for (int h = 0; h < g; ++h) {
+    const float w = p[int64_t(h) * p_stride + n - 1];
+    float* oh = o + int64_t(h) * dv;
+    for (int j = 0; j < dv; j += 16) {
+      const __m512i pairs = _mm512_loadu_si512(v + 2 * j);  // 16 dims x (this key, the unwritten slot)
+      const __m512 x = _mm512_castsi512_ps(_mm512_slli_epi32(pairs, 16));  // low halves: this key's bf16
+      _mm512_storeu_ps(oh + j, _mm512_fmadd_ps(_mm512_set1_ps(w), x, _mm512_loadu_ps(oh + j)));
     }
   }
 }
