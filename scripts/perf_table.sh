@@ -20,6 +20,9 @@ shapes=(
   "--hq 32 --hkv 32 --d 128 --nq 1 --nkv 32768 --dtype bf16"
   "--hq 32 --hkv 8 --d 128 --nq 1 --nkv 32768 --dtype bf16"
   "--hq 32 --hkv 4 --d 128 --nq 1 --nkv 32768 --dtype bf16"
+  "--hq 32 --hkv 32 --d 128 --nq 1 --nkv 32768 --kv bf16"
+  "--hq 32 --hkv 8 --d 128 --nq 1 --nkv 32768 --kv bf16"
+  "--hq 32 --hkv 4 --d 128 --nq 1 --nkv 32768 --kv bf16"
 )
 
 results=$(mktemp)
@@ -37,6 +40,8 @@ print("| shape | dtype | seconds | GFLOP/s | GB/s | peak used | fraction of peak
 print("|---|---|---:|---:|---:|---:|---:|")
 for r in rows:
     kind = "decode" if r["mode"] == "decode" else "prefill causal" if r["causal"] else "prefill"
+    if r.get("kv", "tensor") != "tensor":
+        kind = "paged decode"
     shape = f"{kind}, H {r['h_q']}/{r['h_k']}, d {r['d_qk']}, n_q {r['n_q']}, n_kv {r['n_kv']}"
     if r["fraction_basis"] == "memory_bandwidth":
         basis, peak = "memory BW", f"{r['peak_gbps']:.1f} GB/s"
@@ -49,7 +54,8 @@ print(f"\n{r['threads']} threads, isa {r['isa']}. Peaks: f32 FMA {r['peak_gflops
       f"{r['peak_bf16_gflops']:.0f} GFLOP/s ({r['peak_source']}); decode rows divide by the median rate of plain "
       f"streaming reads of the same bytes interleaved with their runs (the cached best-case peak, best of many "
       f"2 ms reads, is {r['peak_gbps_cached']:.1f} GB/s). "
-      f"Decode K/V are head-major ([H, n_kv, d], a KV cache's layout).")
+      f"Decode K/V are head-major ([H, n_kv, d], a KV cache's layout); paged decode reads the KV cache's "
+      f"pages (256 tokens in 16-token tiles, bf16 in prefill's pair layout).")
 PY
 }
 
@@ -57,7 +63,7 @@ format_with_jq() {
   echo "| shape | dtype | seconds | GFLOP/s | GB/s | fraction of peak |"
   echo "|---|---|---:|---:|---:|---:|"
   jq -r '
-    "| \(if .mode == "decode" then "decode" elif .causal then "prefill causal" else "prefill" end), H \(.h_q)/\(.h_k), d \(.d_qk), n_q \(.n_q), n_kv \(.n_kv) | \(.dtype) | \(.seconds * 10000 | round / 10000) | \(.gflops * 10 | round / 10) | \(.gbps * 10 | round / 10) | \(.fraction_of_peak * 1000 | round / 10)% of \(if .fraction_basis == "memory_bandwidth" then "memory BW" else "f32 FMA" end) |"' "$results"
+    "| \(if .kv != null and .kv != "tensor" then "paged decode" elif .mode == "decode" then "decode" elif .causal then "prefill causal" else "prefill" end), H \(.h_q)/\(.h_k), d \(.d_qk), n_q \(.n_q), n_kv \(.n_kv) | \(.dtype) | \(.seconds * 10000 | round / 10000) | \(.gflops * 10 | round / 10) | \(.gbps * 10 | round / 10) | \(.fraction_of_peak * 1000 | round / 10)% of \(if .fraction_basis == "memory_bandwidth" then "memory BW" else "f32 FMA" end) |"' "$results"
 }
 
 if command -v python3 >/dev/null; then format_with_python
