@@ -30,10 +30,12 @@ QATTN_BF16_TARGET inline __m512bh BroadcastPair(const uint16_t* p) {
 
 // R rows x NC vectors of 16 keys. Keys come as bf16 pairs along d: the 16 keys of vector c at
 // pair i start at kp + i * pair_stride + c * vec_stride (prefill's packed K: pair_stride = 2 cols,
-// vec_stride = 32; KV cache tiles: pair_stride = 32, vec_stride = one tile).
-template <int R, int NC>
+// vec_stride = 32, fixed at compile time as kVecStride so that prefill's addresses stay constant
+// offsets; KV cache tiles: pair_stride = 32, vec_stride = one tile, kVecStride = 0).
+template <int R, int NC, int kVecStride>
 QATTN_BF16_TARGET void QkMicro(const uint16_t* q, int d, const uint16_t* kp, int64_t pair_stride, int64_t vec_stride,
                                float* s, int s_stride) {
+  if constexpr (kVecStride != 0) vec_stride = kVecStride;
   __m512 acc[R][NC];
   _Pragma("GCC unroll 16")
   for (int r = 0; r < R; ++r)
@@ -57,16 +59,16 @@ QATTN_BF16_TARGET void QkMicro(const uint16_t* q, int d, const uint16_t* kp, int
     for (int c = 0; c < NC; ++c) _mm512_storeu_ps(s + int64_t(r) * s_stride + c * 16, acc[r][c]);
 }
 
-template <int NC>
+template <int NC, int kVecStride>
 QATTN_BF16_TARGET void QkRows(const uint16_t* q, int rows, int d, const uint16_t* kp, int64_t pair_stride,
                               int64_t vec_stride, float* s, int s_stride) {
   switch (rows) {
-    case 6: return QkMicro<6, NC>(q, d, kp, pair_stride, vec_stride, s, s_stride);
-    case 5: return QkMicro<5, NC>(q, d, kp, pair_stride, vec_stride, s, s_stride);
-    case 4: return QkMicro<4, NC>(q, d, kp, pair_stride, vec_stride, s, s_stride);
-    case 3: return QkMicro<3, NC>(q, d, kp, pair_stride, vec_stride, s, s_stride);
-    case 2: return QkMicro<2, NC>(q, d, kp, pair_stride, vec_stride, s, s_stride);
-    default: return QkMicro<1, NC>(q, d, kp, pair_stride, vec_stride, s, s_stride);
+    case 6: return QkMicro<6, NC, kVecStride>(q, d, kp, pair_stride, vec_stride, s, s_stride);
+    case 5: return QkMicro<5, NC, kVecStride>(q, d, kp, pair_stride, vec_stride, s, s_stride);
+    case 4: return QkMicro<4, NC, kVecStride>(q, d, kp, pair_stride, vec_stride, s, s_stride);
+    case 3: return QkMicro<3, NC, kVecStride>(q, d, kp, pair_stride, vec_stride, s, s_stride);
+    case 2: return QkMicro<2, NC, kVecStride>(q, d, kp, pair_stride, vec_stride, s, s_stride);
+    default: return QkMicro<1, NC, kVecStride>(q, d, kp, pair_stride, vec_stride, s, s_stride);
   }
 }
 
@@ -80,6 +82,7 @@ inline int BalancedRows(int rows, int r0) {
 
 // s [rows, s_stride] for `vecs` vectors of 16 keys in pair layout (strides as QkMicro's): up to 6
 // rows x 4 vectors per register tile.
+template <int kVecStride>
 QATTN_BF16_TARGET void QkPairs(const uint16_t* q, int rows, int d, const uint16_t* kp, int64_t pair_stride,
                                int64_t vec_stride, int vecs, float* s, int s_stride) {
   for (int r0 = 0, r = 0; r0 < rows; r0 += r) {
@@ -87,8 +90,10 @@ QATTN_BF16_TARGET void QkPairs(const uint16_t* q, int rows, int d, const uint16_
     const uint16_t* qr = q + int64_t(r0) * d;
     float* sr = s + int64_t(r0) * s_stride;
     int c = 0;
-    for (; c + 4 <= vecs; c += 4) QkRows<4>(qr, r, d, kp + c * vec_stride, pair_stride, vec_stride, sr + c * 16, s_stride);
-    for (; c < vecs; ++c) QkRows<1>(qr, r, d, kp + c * vec_stride, pair_stride, vec_stride, sr + c * 16, s_stride);
+    for (; c + 4 <= vecs; c += 4)
+      QkRows<4, kVecStride>(qr, r, d, kp + c * vec_stride, pair_stride, vec_stride, sr + c * 16, s_stride);
+    for (; c < vecs; ++c)
+      QkRows<1, kVecStride>(qr, r, d, kp + c * vec_stride, pair_stride, vec_stride, sr + c * 16, s_stride);
   }
 }
 
@@ -267,7 +272,7 @@ std::vector<uint16_t>& ThreadScratch() {
 
 QATTN_BF16_TARGET void QkBf16(const uint16_t* q, int rows, int d, const uint16_t* kp, int cols, float* s,
                               int s_stride) {
-  QkPairs(q, rows, d, kp, int64_t(cols) * 2, 32, cols / 16, s, s_stride);
+  QkPairs<32>(q, rows, d, kp, int64_t(cols) * 2, 32, cols / 16, s, s_stride);
 }
 
 QATTN_BF16_TARGET void PvBf16(const float* p, int rows, int cols, int p_stride, const uint16_t* vp, int dv, float* o,
@@ -425,7 +430,7 @@ QATTN_BF16_TARGET void AccumulateRowsBf16(const float* p, int g, int p_stride, i
 
 QATTN_BF16_TARGET void DotTilesBf16(const uint16_t* q, int g, int d, const uint16_t* tiles, int num_tiles, float* s,
                                     int s_stride) {
-  QkPairs(q, g, d, tiles, 32, int64_t(d) * 16, num_tiles, s, s_stride);
+  QkPairs<0>(q, g, d, tiles, 32, int64_t(d) * 16, num_tiles, s, s_stride);
 }
 
 QATTN_BF16_TARGET void AccumulateTilesBf16(const float* p, int g, int p_stride, int n, const uint16_t* tiles, int dv,
