@@ -63,7 +63,6 @@ bool UseBf16Path(KvDType t, int d, int dv) {
   return t == KvDType::kBF16 && tile::HasBf16Path() && d % 2 == 0 && dv % 16 == 0;
 }
 
-
 // The `rows` query heads from q [rows, d] in the form the format's dot products take.
 void LoadQueries(const float* q, int rows, const Geometry& g, Scratch& sc) {
   const size_t n = size_t(rows) * g.d;

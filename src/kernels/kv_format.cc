@@ -85,11 +85,24 @@ void StoreBf16Token(bool value, const float* x, int d, uint8_t* tile, int slot) 
   if (!value && d % 2) p[KB16Index(slot, d)] = 0;
 }
 
+// Walks each token's elements with a fixed stride (2 within a value pair row, 32 between key dim
+// pairs): the runtime's prefill gathers every cached token through here.
 void LoadBf16Tokens(bool value, const uint8_t* tile, int count, int d, float* out) {
   const uint16_t* p = reinterpret_cast<const uint16_t*>(tile);
-  for (int t = 0; t < count; ++t)
-    for (int i = 0; i < d; ++i)
-      out[size_t(t) * d + i] = BF16ToF32(BF16{p[value ? VB16Index(d, t, i) : KB16Index(t, i)]});
+  for (int t = 0; t < count; ++t) {
+    float* row = out + size_t(t) * d;
+    if (value) {
+      const uint16_t* src = p + VB16Index(d, t, 0);  // dims 2 apart
+      for (int j = 0; j < d; ++j) row[j] = BF16ToF32(BF16{src[2 * j]});
+    } else {
+      const uint16_t* src = p + KB16Index(t, 0);  // dim pairs 2 x kTokens apart
+      for (int i = 0; i + 1 < d; i += 2) {
+        row[i] = BF16ToF32(BF16{src[size_t(i) * kTokens]});
+        row[i + 1] = BF16ToF32(BF16{src[size_t(i) * kTokens + 1]});
+      }
+      if (d % 2) row[d - 1] = BF16ToF32(BF16{src[size_t(d - 1) * kTokens]});
+    }
+  }
 }
 
 void LoadInt8(bool value, const uint8_t* tile, int count, int d, float* out) {
