@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/kv_tile_layout.h"
@@ -304,18 +305,25 @@ QATTN_VNNI_TARGET void AccHeads(KvDType type, const WeightScratch& ws, int h0, i
   }
 }
 
+// Calls f(std::integral_constant<int, H>, h0) over g heads in blocks of H = 8, 4, 2 or 1.
+template <typename F>
+inline void ForHeadBlocks(int g, F&& f) {
+  for (int h0 = 0; h0 < g;) {
+    const int left = g - h0;
+    if (left >= 8) f(std::integral_constant<int, 8>{}, h0), h0 += 8;
+    else if (left >= 4) f(std::integral_constant<int, 4>{}, h0), h0 += 4;
+    else if (left >= 2) f(std::integral_constant<int, 2>{}, h0), h0 += 2;
+    else f(std::integral_constant<int, 1>{}, h0), h0 += 1;
+  }
+}
+
 }  // namespace
 
 QATTN_VNNI_TARGET void DotTilesVnni(KvDType t, const QuantQuery& q, int g, int d, const uint8_t* tiles, int num_tiles,
                                     size_t tile_bytes, float* s, int s_stride) {
-  for (int h0 = 0; h0 < g;) {
-    const int left = g - h0;
-    float* sh = s + int64_t(h0) * s_stride;
-    if (left >= 8) DotHeads<8>(t, q, h0, d, tiles, num_tiles, tile_bytes, sh, s_stride), h0 += 8;
-    else if (left >= 4) DotHeads<4>(t, q, h0, d, tiles, num_tiles, tile_bytes, sh, s_stride), h0 += 4;
-    else if (left >= 2) DotHeads<2>(t, q, h0, d, tiles, num_tiles, tile_bytes, sh, s_stride), h0 += 2;
-    else DotHeads<1>(t, q, h0, d, tiles, num_tiles, tile_bytes, sh, s_stride), h0 += 1;
-  }
+  ForHeadBlocks(g, [&](auto heads, int h0) QATTN_VNNI_TARGET {
+    DotHeads<decltype(heads)::value>(t, q, h0, d, tiles, num_tiles, tile_bytes, s + int64_t(h0) * s_stride, s_stride);
+  });
 }
 
 QATTN_VNNI_TARGET void AccumulateTilesAvx512(KvDType t, const float* p, int g, int p_stride, int n,
@@ -324,14 +332,9 @@ QATTN_VNNI_TARGET void AccumulateTilesAvx512(KvDType t, const float* p, int g, i
   const int w_stride = num_tiles * kTokens;
   WeightScratch& ws = ThreadWeights();
   ValueWeights(t, p, g, p_stride, n, tiles, tile_bytes, dv, w_stride, ws);
-  for (int h0 = 0; h0 < g;) {
-    const int left = g - h0;
-    float* oh = o + int64_t(h0) * dv;
-    if (left >= 8) AccHeads<8>(t, ws, h0, w_stride, num_tiles, tiles, tile_bytes, dv, oh), h0 += 8;
-    else if (left >= 4) AccHeads<4>(t, ws, h0, w_stride, num_tiles, tiles, tile_bytes, dv, oh), h0 += 4;
-    else if (left >= 2) AccHeads<2>(t, ws, h0, w_stride, num_tiles, tiles, tile_bytes, dv, oh), h0 += 2;
-    else AccHeads<1>(t, ws, h0, w_stride, num_tiles, tiles, tile_bytes, dv, oh), h0 += 1;
-  }
+  ForHeadBlocks(g, [&](auto heads, int h0) QATTN_VNNI_TARGET {
+    AccHeads<decltype(heads)::value>(t, ws, h0, w_stride, num_tiles, tiles, tile_bytes, dv, o + int64_t(h0) * dv);
+  });
 }
 
 }  // namespace qattn::kvtile

@@ -74,6 +74,16 @@ std::vector<int32_t> Iota(int64_t first, int64_t end) {
 // The query heads of KV head g: [g * G, (g + 1) * G).
 int FirstHeadOf(const Heads& heads, int g) { return g * heads.Group(); }
 
+// Mean of `rows` rows of x [rows, width], summed in double.
+std::vector<float> MeanOfRows(const float* x, int64_t rows, int64_t width) {
+  std::vector<double> total(width, 0.0);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t c = 0; c < width; ++c) total[c] += x[i * width + c];
+  std::vector<float> out(width);
+  for (int64_t c = 0; c < width; ++c) out[c] = static_cast<float>(total[c] / rows);
+  return out;
+}
+
 }  // namespace
 
 void CheckHeads(const Heads& heads) {
@@ -414,13 +424,7 @@ std::vector<int32_t> QuestSelectPages(std::span<const float> page_scores, int64_
 std::vector<float> QueryFingerprint(const float* q, int64_t m, const Heads& heads) {
   CheckHeads(heads);
   if (m <= 0) Fail("fingerprint needs at least one query");
-  const int64_t width = static_cast<int64_t>(heads.q) * heads.dim;
-  std::vector<double> total(width, 0.0);
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t c = 0; c < width; ++c) total[c] += q[i * width + c];
-  std::vector<float> out(width);
-  for (int64_t c = 0; c < width; ++c) out[c] = static_cast<float>(total[c] / m);
-  return out;
+  return MeanOfRows(q, m, static_cast<int64_t>(heads.q) * heads.dim);
 }
 
 std::vector<float> TokenSelectCriticality(const float* fingerprint, const float* k, const Heads& heads,
@@ -537,13 +541,7 @@ std::vector<int32_t> StreamingLlmKeep(int64_t num_tokens, int64_t sinks, int64_t
 
 std::vector<float> RekvBlockRepresentative(const float* k, int64_t block_len, int num_kv_heads, int dim) {
   if (block_len <= 0 || num_kv_heads <= 0 || dim <= 0) Fail("ReKV block needs tokens, heads and dim");
-  const int64_t width = static_cast<int64_t>(num_kv_heads) * dim;
-  std::vector<double> total(width, 0.0);
-  for (int64_t t = 0; t < block_len; ++t)
-    for (int64_t c = 0; c < width; ++c) total[c] += k[t * width + c];
-  std::vector<float> out(width);
-  for (int64_t c = 0; c < width; ++c) out[c] = static_cast<float>(total[c] / block_len);
-  return out;
+  return MeanOfRows(k, block_len, static_cast<int64_t>(num_kv_heads) * dim);
 }
 
 std::vector<float> RekvQueryVector(const float* q, int64_t m, const Heads& heads) {
