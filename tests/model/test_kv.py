@@ -139,13 +139,17 @@ class Kv(unittest.TestCase):
             self.assertLess(kl["mean_kl"], 1e-9, spec)
             self.assertEqual(kl["top1_agreement"], 1.0, spec)
 
-    def test_streamingllm_matches_masked_reference(self):
-        sinks, window, prompt = 4, 24, 40
+    def decode_logits(self, prompt, spec):
+        """qattn's logits for the test ids, decoding from token `prompt` under attention `spec`."""
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "logits.npy")
             qattn("eval", "logits", "-m", self.stories, "--ids", self.ids_arg, "--decode-from", prompt,
-                  "--attention", f"streamingllm:sinks={sinks},window={window}", "-o", path)
-            got = np.load(path)
+                  "--attention", spec, "-o", path)
+            return np.load(path)
+
+    def test_streamingllm_matches_masked_reference(self):
+        sinks, window, prompt = 4, 24, 40
+        got = self.decode_logits(prompt, f"streamingllm:sinks={sinks},window={window}")
 
         def mask(i, j):  # prompt rows dense; decode rows see the sinks and the last `window` keys
             return (i < prompt) | (j < sinks) | (j > i - window)
@@ -163,11 +167,7 @@ class Kv(unittest.TestCase):
         # positions; decode steps then see, in layers 0..1, the kept prompt tokens and the decoded
         # ones. The reference picks the rows itself and runs exactly that.
         prompt, layer, budget = 60, 1, 24
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "logits.npy")
-            qattn("eval", "logits", "-m", self.stories, "--ids", self.ids_arg, "--decode-from", prompt,
-                  "--attention", f"promptdistill:layer={layer},budget={budget}", "-o", path)
-            got = np.load(path)
+        got = self.decode_logits(prompt, f"promptdistill:layer={layer},budget={budget}")
         cap = {layer: {}}
         self.model.logits(self.ids[:prompt], capture=cap)
         q, k = cap[layer]["q"][:, -1], cap[layer]["k"]  # [H, hd], [H_kv, prompt, hd]

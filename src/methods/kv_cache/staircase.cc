@@ -99,6 +99,17 @@ void StaircaseKvCache::Read(int seq, int layer, int head, float* k, float* v) co
   }
 }
 
+void StaircaseKvCache::ReadLayer(int seq, int layer, float* k, float* v) const {
+  const PagedCacheConfig& c = stairs_[0]->config();
+  const int64_t width = int64_t(c.n_head_kv) * c.head_dim;
+  int64_t at = 0;
+  for (int i = num_stairs() - 1; i >= 0; --i) {
+    const int64_t n = stairs_[i]->length(seq, layer, 0);
+    stairs_[i]->ReadLayer(seq, layer, 0, n, k + at * width, v + at * width);
+    at += n;
+  }
+}
+
 double StaircaseKvCache::bytes_per_token_per_layer(int seq) const {
   double bytes = 0;
   int64_t tokens = 0;

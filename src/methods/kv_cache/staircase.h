@@ -43,6 +43,9 @@ class StaircaseKvCache {
   int64_t length(int seq, int layer, int head) const;
   // Tokens [0, length) of a stream, oldest first, dequantized: k, v [length, d] f32.
   void Read(int seq, int layer, int head, float* k, float* v) const;
+  // Every KV head of a layer over all stairs, oldest first, token-major: k, v [length, H_kv, d] f32
+  // (stairs move all heads of a layer together, so every head holds as many tokens).
+  void ReadLayer(int seq, int layer, float* k, float* v) const;
   // K and V bytes per token per layer averaged over the tokens held now (all stairs).
   double bytes_per_token_per_layer(int seq) const;
   int64_t pages_in_use() const;

@@ -1,6 +1,5 @@
 #include "model/runtime/kv_cache.h"
 
-#include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -87,20 +86,9 @@ void KvCache::Gather(int layer, Tensor* k, Tensor* v) const {
   const DType t = compute_dtype();
   *k = Tensor(t, {n, n_head_kv_, head_dim_});
   *v = Tensor(t, {n, n_head_kv_, head_dim_});
-  const size_t width = size_t(n_head_kv_) * head_dim_;
-  std::vector<float> fk(size_t(n) * width), fv(fk.size());  // [n, H_kv, d] f32
-  if (staircase_) {
-    std::vector<float> hk(size_t(n) * head_dim_), hv(hk.size());  // [n, d] one head
-    for (int h = 0; h < n_head_kv_; ++h) {
-      staircase_->Read(seq_, layer, h, hk.data(), hv.data());
-      for (int64_t i = 0; i < n; ++i) {
-        std::copy_n(&hk[size_t(i) * head_dim_], head_dim_, &fk[i * width + size_t(h) * head_dim_]);
-        std::copy_n(&hv[size_t(i) * head_dim_], head_dim_, &fv[i * width + size_t(h) * head_dim_]);
-      }
-    }
-  } else {
-    paged_->ReadLayer(seq_, layer, 0, n, fk.data(), fv.data());
-  }
+  std::vector<float> fk(size_t(n) * n_head_kv_ * head_dim_), fv(fk.size());  // [n, H_kv, d] f32
+  if (staircase_) staircase_->ReadLayer(seq_, layer, fk.data(), fv.data());
+  else paged_->ReadLayer(seq_, layer, 0, n, fk.data(), fv.data());
   ConvertFromF32(fk.data(), k->data<void>(), t, fk.size());
   ConvertFromF32(fv.data(), v->data<void>(), t, fv.size());
 }
