@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <limits>
 
+#include "core/prefetch.h"
+
 namespace qattn::decode {
 
 int ChooseSplits(int requested, int64_t n_kv, int64_t other_items, int threads) {

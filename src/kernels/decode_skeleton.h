@@ -40,13 +40,6 @@ void InitRows(RowState& st, const AttentionVariant& var, int h0, int rows, bool 
 // Normalises the accumulated rows o [rows, dv] into out (row stride out_stride) and lse.
 void FinishRows(const RowState& st, const float* o, int rows, int dv, float* out, int64_t out_stride, float* lse);
 
-// Asks for [p, p + bytes) to be loaded into L1 (the segment loop below says when and why).
-inline void PrefetchBytes(const void* p, int64_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  // An asm statement: GCC 12 drops __builtin_prefetch here as dead code.
-  for (int64_t b = 0; b < bytes; b += 64) asm volatile("prefetcht0 %0" : : "m"(*(c + b)));
-}
-
 // ---- The segment loop, shared by both key sources ----
 // An item's keys come as pieces (one QK or PV call each) gathered into segments of up to kSegment
 // keys that share one softmax step; QK runs over a whole segment before PV, so K and then V are

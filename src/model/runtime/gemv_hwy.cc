@@ -1,5 +1,6 @@
 // One-row products y = W x for decode, written once with Highway for every x86 target and chosen at
 // run time. Memory-bound: each weight byte is read once, four rows share each load of x.
+#include "core/prefetch.h"
 #include "model/runtime/linear.h"
 
 #undef HWY_TARGET_INCLUDE
@@ -27,13 +28,6 @@ float DotTail(const W* row, const float* x, size_t from, size_t in) {
   float sum = 0.0f;
   for (size_t i = from; i < in; ++i) sum += ToF32(row[i]) * x[i];
   return sum;
-}
-
-// Requests the cache lines of [p, p + bytes) ahead of use. An asm statement: GCC 12 drops
-// __builtin_prefetch in loops like these as dead code.
-HWY_INLINE void PrefetchBytes(const void* p, int64_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int64_t b = 0; b < bytes; b += 64) asm volatile("prefetcht0 %0" : : "m"(*(c + b)));
 }
 
 // Four rows at a time so each x vector is loaded once per four weight vectors. One core's hardware

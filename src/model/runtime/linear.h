@@ -7,7 +7,9 @@
 //
 // Many rows (prefill) go through oneDNN's matmul (measured here against OpenBLAS: 320-360 vs 110-190
 // GFLOP/s f32, 700-750 GFLOP/s bf16); one row (decode) is a memory-bound product done by our own
-// Highway kernel over the same plain layout, which oneDNN handles poorly for very wide outputs.
+// kernels over the same plain layout, which oneDNN handles poorly for very wide outputs. With bf16
+// weights the activations are rounded to bf16 either way (oneDNN multiplies like with like; the
+// one-row kernels do the same on every CPU, so decode and prefill see the same inputs).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -52,6 +54,8 @@ class Linear {
 // y[out] = W[out, in] x[in] on one thread, rows [row_begin, row_end). Highway, dispatched at run time.
 void GemvRowsF32(const float* w, int in, const float* x, int row_begin, int row_end, float* y);
 void GemvRowsBf16(const uint16_t* w, int in, const float* x, int row_begin, int row_end, float* y);
+// The same for bf16 weights and a bf16 x on vdpbf16ps; only where tile::HasBf16Path().
+void GemvRowsBf16Dot(const uint16_t* w, int in, const uint16_t* x, int row_begin, int row_end, float* y);
 
 // Keeps oneDNN's OpenMP to one thread per caller: Linear parallelises GEMMs on our ThreadPool.
 void SetGemmThreads(int threads);
