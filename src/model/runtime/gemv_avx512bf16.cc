@@ -7,7 +7,6 @@
 // intrinsics).
 #include <immintrin.h>
 
-#include "core/prefetch.h"
 #include "model/runtime/linear.h"
 
 #define QATTN_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")))
@@ -44,15 +43,10 @@ QATTN_BF16_TARGET void DotRows(const uint16_t* w0, int in, const uint16_t* x, fl
 
 QATTN_BF16_TARGET void GemvRowsBf16Dot(const uint16_t* w, int in, const uint16_t* x, int row_begin, int row_end,
                                        float* y) {
-  // Four rows at a time; the block after next is prefetched (the hardware prefetcher alone keeps
-  // about half the bandwidth with four rows read side by side).
-  const int64_t block_bytes = int64_t(4) * in * 2;
-  int r = row_begin;
-  for (; r + 4 <= row_end; r += 4) {
-    if (r + 12 <= row_end) PrefetchBytes(w + int64_t(r + 8) * in, block_bytes);
-    DotRows<4>(w + int64_t(r) * in, in, x, y + r);
-  }
-  for (; r < row_end; ++r) DotRows<1>(w + int64_t(r) * in, in, x, y + r);
+  ForGemvRowBlocks(
+      w, int64_t(in) * 2, row_begin, row_end,
+      [&](int r) QATTN_BF16_TARGET { DotRows<4>(w + int64_t(r) * in, in, x, y + r); },
+      [&](int r) QATTN_BF16_TARGET { DotRows<1>(w + int64_t(r) * in, in, x, y + r); });
 }
 
 }  // namespace qattn::model

@@ -1,6 +1,5 @@
 // One-row products y = W x for decode, written once with Highway for every x86 target and chosen at
 // run time. Memory-bound: each weight byte is read once, four rows share each load of x.
-#include "core/prefetch.h"
 #include "model/runtime/linear.h"
 
 #undef HWY_TARGET_INCLUDE
@@ -30,18 +29,13 @@ float DotTail(const W* row, const float* x, size_t from, size_t in) {
   return sum;
 }
 
-// Four rows at a time so each x vector is loaded once per four weight vectors. One core's hardware
-// prefetcher alone reaches about half the memory bandwidth; prefetching the block after next keeps
-// more lines in flight.
+// y[r] for rows [row_begin, row_end): four rows share each load of x (ForGemvRowBlocks).
 template <typename W>
 void GemvRows(const W* w, int in, const float* x, int row_begin, int row_end, float* y) {
   const DF df;
   const size_t N = hn::Lanes(df);
   const size_t vec_end = size_t(in) / N * N;
-  const int64_t block_bytes = int64_t(4) * in * sizeof(W);
-  int r = row_begin;
-  for (; r + 4 <= row_end; r += 4) {
-    if (r + 12 <= row_end) PrefetchBytes(w + int64_t(r + 8) * in, block_bytes);
+  auto four_rows = [&](int r) {
     const W* w0 = w + int64_t(r) * in;
     const W* w1 = w0 + in;
     const W* w2 = w1 + in;
@@ -58,13 +52,14 @@ void GemvRows(const W* w, int in, const float* x, int row_begin, int row_end, fl
     y[r + 1] = hn::GetLane(hn::SumOfLanes(df, s1)) + DotTail(w1, x, vec_end, in);
     y[r + 2] = hn::GetLane(hn::SumOfLanes(df, s2)) + DotTail(w2, x, vec_end, in);
     y[r + 3] = hn::GetLane(hn::SumOfLanes(df, s3)) + DotTail(w3, x, vec_end, in);
-  }
-  for (; r < row_end; ++r) {
+  };
+  auto one_row = [&](int r) {
     const W* w0 = w + int64_t(r) * in;
     auto s0 = hn::Zero(df);
     for (size_t i = 0; i < vec_end; i += N) s0 = hn::MulAdd(LoadRow(df, w0, i), hn::LoadU(df, x + i), s0);
     y[r] = hn::GetLane(hn::SumOfLanes(df, s0)) + DotTail(w0, x, vec_end, in);
-  }
+  };
+  ForGemvRowBlocks(w, int64_t(in) * sizeof(W), row_begin, row_end, four_rows, one_row);
 }
 
 void GemvRowsF32Impl(const float* w, int in, const float* x, int row_begin, int row_end, float* y) {
